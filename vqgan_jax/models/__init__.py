@@ -1,0 +1,1 @@
+"""Flax linen modules: autoencoder, quantizer, discriminator, LPIPS."""
