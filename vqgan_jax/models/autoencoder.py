@@ -1,0 +1,274 @@
+"""taming-transformers' VQGAN autoencoder (Encoder, Decoder, VQModel) in Flax linen, NHWC.
+
+Layer for layer the same network as taming's `diffusionmodules/model.py` Encoder/Decoder and
+`models/vqgan.py` VQModel, so taming checkpoints convert by renaming and transposing weights
+(see `vqgan_jax.convert_taming`). The parameter tree mirrors taming's module names:
+`encoder/down_{i}/block_{j}`, `encoder/down_{i}/attn_{j}`, `encoder/down_{i}/downsample/conv`,
+`encoder/mid/{block_1,attn_1,block_2}`, `decoder/up_{i}/...` (i = taming's level index),
+`norm_out`, `conv_out`, ...
+
+Convolutions and norms compute in `dtype` with float32 parameters; GroupNorm statistics, the
+attention softmax and the quantizer always run in float32.
+"""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vqgan_jax.models.quantizer import QuantizerOutput, VectorQuantizer
+
+GROUPS = 32
+
+# torch.nn.Conv2d's default kernel init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
+_torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def downsampling_factor(ch_mult: Sequence[int]) -> int:
+  """Spatial reduction from images to codes: one stride-2 downsample between levels."""
+  return 2**(len(ch_mult) - 1)
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter pytree (arrays or `jax.eval_shape` structs)."""
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
+
+
+def _conv(features: int, kernel: int, dtype: Any, name: str | None = None, *,
+          stride: int = 1, padding: Any = None) -> nn.Conv:
+  """A torch-style Conv2d: symmetric padding kernel//2 unless given, float32 params."""
+  if padding is None:
+    padding = ((kernel // 2, kernel // 2),) * 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
+                 dtype=dtype, param_dtype=jnp.float32, kernel_init=_torch_kernel_init, name=name)
+
+
+def _group_norm(dtype: Any, name: str | None = None) -> nn.GroupNorm:
+  # Two-pass variance like torch; the fast E[x^2]-E[x]^2 form loses digits on large activations.
+  return nn.GroupNorm(num_groups=GROUPS, epsilon=1e-6, use_fast_variance=False, dtype=dtype,
+                      param_dtype=jnp.float32, name=name)
+
+
+class ResnetBlock(nn.Module):
+  """GroupNorm-swish-conv twice with dropout before the second conv; 1x1 shortcut if C changes."""
+  out_channels: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    h = nn.swish(_group_norm(self.dtype, 'norm1')(x))
+    h = _conv(self.out_channels, 3, self.dtype, 'conv1')(h)
+    h = nn.swish(_group_norm(self.dtype, 'norm2')(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = _conv(self.out_channels, 3, self.dtype, 'conv2')(h)
+    if x.shape[-1] != self.out_channels:
+      x = _conv(self.out_channels, 1, self.dtype, 'nin_shortcut')(x)
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """Single-head self-attention over all positions, residual; 1x1 conv q/k/v/proj_out."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, height, width, c = x.shape
+    h = _group_norm(self.dtype, 'norm')(x)
+    q, k, v = (_conv(c, 1, self.dtype, name)(h).reshape(b, height * width, c)
+               for name in ('q', 'k', 'v'))
+    logits = jnp.einsum('bic,bjc->bij', q, k, preferred_element_type=jnp.float32) * (c**-0.5)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    h = jnp.einsum('bij,bjc->bic', weights, v).reshape(b, height, width, c)
+    return x + _conv(c, 1, self.dtype, 'proj_out')(h)
+
+
+class Downsample(nn.Module):
+  """3x3 stride-2 conv after zero-padding right and bottom by one (taming's asymmetric pad)."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return _conv(x.shape[-1], 3, self.dtype, 'conv', stride=2, padding=((0, 1), (0, 1)))(x)
+
+
+class Upsample(nn.Module):
+  """Nearest-neighbour x2 then a 3x3 conv."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return _conv(x.shape[-1], 3, self.dtype, 'conv')(x)
+
+
+class Level(nn.Module):
+  """One resolution of the encoder or decoder: res blocks, each followed by its attention block
+  when this resolution uses attention, then an optional down/upsample."""
+  channels: int
+  num_blocks: int
+  attention: bool
+  resample: str | None  # 'downsample', 'upsample' or None.
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
+    for j in range(self.num_blocks):
+      h = ResnetBlock(self.channels, self.dropout, self.dtype, name=f'block_{j}')(h, train)
+      if self.attention:
+        h = AttnBlock(self.dtype, name=f'attn_{j}')(h)
+    if self.resample == 'downsample':
+      h = Downsample(self.dtype, name='downsample')(h)
+    elif self.resample == 'upsample':
+      h = Upsample(self.dtype, name='upsample')(h)
+    return h
+
+
+class MidBlock(nn.Module):
+  """Res block, attention, res block at the lowest resolution."""
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
+    channels = h.shape[-1]
+    h = ResnetBlock(channels, self.dropout, self.dtype, name='block_1')(h, train)
+    h = AttnBlock(self.dtype, name='attn_1')(h)
+    return ResnetBlock(channels, self.dropout, self.dtype, name='block_2')(h, train)
+
+
+class Encoder(nn.Module):
+  """Images (B, H, W, in) -> latents (B, H/f, W/f, z_channels), f = 2**(len(ch_mult)-1).
+
+  Attention is used at levels whose nominal size (`resolution` halved per level, as in taming)
+  is in `attn_resolutions`; the actual input may have any size divisible by f.
+  """
+  ch: int
+  ch_mult: Sequence[int]
+  num_res_blocks: int
+  attn_resolutions: Sequence[int]
+  resolution: int
+  z_channels: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    h = _conv(self.ch, 3, self.dtype, 'conv_in')(x)
+    curr_res = self.resolution
+    last = len(self.ch_mult) - 1
+    for i, mult in enumerate(self.ch_mult):
+      h = Level(self.ch * mult, self.num_res_blocks, curr_res in self.attn_resolutions,
+                'downsample' if i != last else None, self.dropout, self.dtype,
+                name=f'down_{i}')(h, train)
+      if i != last:
+        curr_res //= 2
+    h = MidBlock(self.dropout, self.dtype, name='mid')(h, train)
+    h = nn.swish(_group_norm(self.dtype, 'norm_out')(h))
+    return _conv(self.z_channels, 3, self.dtype, 'conv_out')(h)
+
+
+class Decoder(nn.Module):
+  """Latents (B, h, w, z_channels) -> images (B, h*f, w*f, out_ch), no output activation.
+
+  Sows the activation fed to `conv_out` as `intermediates/conv_out_input`: the trainer pulls
+  loss gradients back to `conv_out`'s kernel from it for the adaptive GAN weight.
+  """
+  ch: int
+  out_ch: int
+  ch_mult: Sequence[int]
+  num_res_blocks: int
+  attn_resolutions: Sequence[int]
+  resolution: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
+    last = len(self.ch_mult) - 1
+    h = _conv(self.ch * self.ch_mult[last], 3, self.dtype, 'conv_in')(z)
+    h = MidBlock(self.dropout, self.dtype, name='mid')(h, train)
+    curr_res = self.resolution // 2**last
+    for i in reversed(range(len(self.ch_mult))):
+      h = Level(self.ch * self.ch_mult[i], self.num_res_blocks + 1,
+                curr_res in self.attn_resolutions, 'upsample' if i != 0 else None,
+                self.dropout, self.dtype, name=f'up_{i}')(h, train)
+      if i != 0:
+        curr_res *= 2
+    h = nn.swish(_group_norm(self.dtype, 'norm_out')(h))
+    self.sow('intermediates', 'conv_out_input', h)
+    return _conv(self.out_ch, 3, self.dtype, 'conv_out')(h)
+
+
+class VQModel(nn.Module):
+  """VQGAN generator: Encoder -> 1x1 quant_conv -> VectorQuantizer -> 1x1 post_quant_conv
+  -> Decoder. Images are NHWC in [-1, 1]; outputs are float32 whatever `dtype` computes in.
+
+  `resolution` is the training resolution (it decides where attention goes); any input whose
+  height and width are divisible by `downsampling_factor(ch_mult)` works.
+  """
+  ch: int = 128
+  out_ch: int = 3
+  ch_mult: Sequence[int] = (1, 1, 2, 2, 4)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.0
+  in_channels: int = 3
+  resolution: int = 256
+  z_channels: int = 256
+  embed_dim: int = 256
+  codebook_size: int = 1024
+  beta: float = 0.25
+  legacy: bool = True
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % GROUPS]
+    if bad:
+      raise ValueError(f'VQModel channel counts ch*ch_mult={bad} are not divisible by the '
+                       f'{GROUPS} GroupNorm groups; choose ch and ch_mult so every ch*mult is a '
+                       f'multiple of {GROUPS}.')
+    arch = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
+                attn_resolutions=tuple(self.attn_resolutions), resolution=self.resolution,
+                dropout=self.dropout, dtype=self.dtype)
+    self.encoder = Encoder(z_channels=self.z_channels, **arch)
+    self.quant_conv = _conv(self.embed_dim, 1, self.dtype)
+    self.quantizer = VectorQuantizer(self.codebook_size, self.embed_dim, self.beta, self.legacy)
+    self.post_quant_conv = _conv(self.z_channels, 1, self.dtype)
+    self.decoder = Decoder(out_ch=self.out_ch, **arch)
+
+  def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
+    """Reconstruction (B, H, W, out_ch) float32 and the quantizer's output."""
+    quantized = self.encode(images, train)
+    return self.decode(quantized.quantized, train), quantized
+
+  def encode(self, images: jax.Array, train: bool = False) -> QuantizerOutput:
+    """Quantizes the images' latents (after quant_conv)."""
+    self._check_images(images)
+    return self.quantizer(self.quant_conv(self.encoder(images, train)))
+
+  def encode_to_indices(self, images: jax.Array) -> jax.Array:
+    """int32 code indices (B, H/f, W/f) in raster order."""
+    return self.encode(images).indices
+
+  def decode(self, quantized: jax.Array, train: bool = False) -> jax.Array:
+    """Images (B, h*f, w*f, out_ch) float32 from quantized latents (B, h, w, embed_dim)."""
+    return self.decoder(self.post_quant_conv(quantized), train).astype(jnp.float32)
+
+  def decode_indices(self, indices: jax.Array) -> jax.Array:
+    """Images from int code indices (B, h, w)."""
+    return self.decode(self.quantizer.lookup(indices))
+
+  def _check_images(self, images: jax.Array) -> None:
+    if images.ndim != 4 or images.shape[-1] != self.in_channels:
+      raise ValueError(f'VQModel expects NHWC images with {self.in_channels} channels, got '
+                       f'shape {images.shape}.')
+    factor = downsampling_factor(self.ch_mult)
+    height, width = images.shape[1:3]
+    if height % factor or width % factor:
+      fix = tuple(-(-s // factor) * factor for s in (height, width))
+      raise ValueError(f'Image size {height}x{width} is not divisible by the downsampling factor '
+                       f'{factor} (2**(len(ch_mult)-1) for ch_mult={tuple(self.ch_mult)}); '
+                       f'crop or pad to a multiple of {factor}, e.g. {fix[0]}x{fix[1]}.')

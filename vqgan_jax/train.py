@@ -1,0 +1,369 @@
+"""VQGAN tokenizer training: one jitted, donated step updating generator and discriminator.
+
+One generator forward pass per step. Its vjp is pulled back once, with the combined cotangent
+  d(nll)/d(x_hat) + disc_factor * lambda * d(g)/d(x_hat)  on the reconstruction and
+  codebook_weight on the quantizer loss,
+where lambda (taming's adaptive weight) needs |grad_W nll| and |grad_W g| at the decoder's last
+conv kernel W: both come from one `jax.vjp` of that conv (applied to its sown input) with two
+cotangents, so no second forward or backward of the generator is ever run. The discriminator
+sees the reconstruction once; its vjp gives both the generator's GAN gradient (w.r.t. the image)
+and the discriminator's fake-half gradient (w.r.t. its parameters).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import periodic_actions
+
+from vqgan_jax import checkpoints, config_checks, input_pipeline, losses, optimizers, sharding
+from vqgan_jax import trainer_lib
+from vqgan_jax.models.autoencoder import VQModel
+from vqgan_jax.models.discriminator import NLayerDiscriminator
+from vqgan_jax.models.lpips import LPIPS, load_lpips_params
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs, as one pytree (checkpointed as is)."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  disc_params: Any
+  disc_batch_stats: Any
+  disc_opt_state: Any
+  ema_params: Any
+  rng: jax.Array
+  nonfinite_streak: jax.Array
+  skipped_steps: jax.Array
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
+
+
+def build_models(config: ml_collections.ConfigDict) -> tuple[VQModel, NLayerDiscriminator]:
+  dtype = compute_dtype(config)
+  model = VQModel(**config.model.to_dict(), dtype=dtype)
+  disc = NLayerDiscriminator(ndf=config.discriminator.ndf,
+                             num_layers=config.discriminator.num_layers, dtype=dtype)
+  return model, disc
+
+
+def build_optimizers(config: ml_collections.ConfigDict):
+  """(generator tx, discriminator tx, generator lr schedule)."""
+  opt = config.optimizer
+  g_schedule = optimizers.learning_rate_schedule(opt.learning_rate, opt, config.num_train_steps)
+  d_lr = opt.learning_rate if opt.disc_learning_rate < 0 else opt.disc_learning_rate
+  d_schedule = optimizers.learning_rate_schedule(d_lr, opt, config.num_train_steps)
+  return optimizers.adam(g_schedule, opt), optimizers.adam(d_schedule, opt), g_schedule
+
+
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  size = config.data.image_size
+  return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def init_state(rng: jax.Array, *, config, model, disc, tx, disc_tx) -> TrainState:
+  g_rng, d_rng, state_rng = jax.random.split(rng, 3)
+  dummy = jnp.zeros((1, *image_shape(config), 3), jnp.float32)
+  params = model.init({"params": g_rng}, dummy)["params"]
+  disc_vars = disc.init({"params": d_rng}, dummy, train=False)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      disc_params=disc_vars["params"],
+      disc_batch_stats=disc_vars["batch_stats"],
+      disc_opt_state=disc_tx.init(disc_vars["params"]),
+      ema_params=params if config.ema_decay > 0 else {},
+      rng=state_rng,
+      nonfinite_streak=jnp.zeros((), jnp.int32),
+      skipped_steps=jnp.zeros((), jnp.int32),
+  )
+
+
+def conv_out_kernel_grads(h: jax.Array, kernel: jax.Array, cotangents: list[jax.Array]) -> list[jax.Array]:
+  """Gradients w.r.t. the decoder's conv_out kernel for several output cotangents: one vjp.
+
+  conv_out is a 3x3 stride-1 conv with padding 1; its kernel gradient depends only on its
+  input `h` (sown by the decoder) and the cotangent on its output.
+  """
+  def conv(k):
+    return jax.lax.conv_general_dilated(
+        h.astype(jnp.float32), k.astype(jnp.float32), (1, 1), ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+  _, pullback = jax.vjp(conv, kernel)
+  return [pullback(ct.astype(jnp.float32))[0] for ct in cotangents]
+
+
+def _select(pred: jax.Array, new: Any, old: Any) -> Any:
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def _global_norm(tree: Any) -> jax.Array:
+  return optax.global_norm(tree).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any, *, config,
+               model: VQModel, disc: NLayerDiscriminator, tx, disc_tx, lr_schedule):
+  """One VQGAN step on a global batch. Returns the new state and scalar metrics."""
+  lc = config.loss
+  images = batch["image"].astype(jnp.float32)
+  step = state.step
+  rng = jax.random.fold_in(state.rng, step)
+
+  # Generator: one forward, kept as a vjp.
+  def generator(params):
+    (recon, qout), inter = model.apply(
+        {"params": params}, images, train=True, rngs={"dropout": rng}, mutable=["intermediates"])
+    h = inter["intermediates"]["decoder"]["conv_out_input"][0]
+    return (recon.astype(jnp.float32), qout.loss), (qout, h)
+
+  (recon, q_loss), gen_pullback, (qout, conv_in) = jax.vjp(generator, state.params, has_aux=True)
+
+  # Reconstruction + perceptual loss and its gradient w.r.t. the reconstruction.
+  def nll_fn(x_hat):
+    rec = losses.reconstruction_loss(images, x_hat, lc.reconstruction)
+    perceptual = jnp.mean(LPIPS().apply({"params": lpips_params}, images, x_hat))
+    return rec + lc.perceptual_weight * perceptual, (rec, perceptual)
+
+  (nll, (rec_loss, p_loss)), nll_grad_x = jax.value_and_grad(nll_fn, has_aux=True)(recon)
+
+  # Discriminator: real batch, then the reconstruction once for both players.
+  def disc_apply(d_params, batch_stats, x):
+    logits, updates = disc.apply({"params": d_params, "batch_stats": batch_stats}, x,
+                                 train=True, mutable=["batch_stats"])
+    return logits.astype(jnp.float32), updates["batch_stats"]
+
+  def d_real_loss(d_params):
+    logits, stats = disc_apply(d_params, state.disc_batch_stats, images)
+    return losses.discriminator_loss_real(logits, lc.gan_loss), (logits, stats)
+
+  (d_loss_real, (logits_real, stats_real)), d_grad_real = jax.value_and_grad(
+      d_real_loss, has_aux=True)(state.disc_params)
+  logits_fake, disc_pullback, stats_fake = jax.vjp(
+      lambda d, x: disc_apply(d, stats_real, x), state.disc_params, recon, has_aux=True)
+
+  g_loss, g_grad_logits = jax.value_and_grad(losses.generator_loss)(logits_fake, lc.gan_loss)
+  _, g_grad_x = disc_pullback(g_grad_logits)
+  d_loss_fake, d_grad_logits = jax.value_and_grad(losses.discriminator_loss_fake)(
+      logits_fake, lc.gan_loss)
+  d_grad_fake, _ = disc_pullback(d_grad_logits)
+
+  # Adaptive weight from the decoder's last layer, then the single generator backward pass.
+  kernel = state.params["decoder"]["conv_out"]["kernel"]
+  nll_grad_w, g_grad_w = conv_out_kernel_grads(conv_in, kernel, [nll_grad_x, g_grad_x])
+  if lc.adaptive_weight:
+    lam = losses.adaptive_weight(nll_grad_w, g_grad_w, lc.disc_weight)
+  else:
+    lam = jnp.float32(lc.disc_weight)
+  g_factor = losses.gated_factor(step, lc.disc_start, lc.disc_factor)
+  d_start = lc.disc_start if lc.disc_train_start < 0 else lc.disc_train_start
+  d_factor = losses.gated_factor(step, d_start, lc.disc_factor)
+
+  recon_cotangent = nll_grad_x + g_factor * lam * g_grad_x
+  (g_grads,) = gen_pullback((recon_cotangent, jnp.float32(lc.codebook_weight)))
+  g_total = nll + g_factor * lam * g_loss + lc.codebook_weight * q_loss
+  d_loss = d_factor * (d_loss_real + d_loss_fake)
+  d_grads = jax.tree.map(lambda a, b: d_factor * (a + b), d_grad_real, d_grad_fake)
+
+  # Updates, then the non-finite guard: a bad step leaves every parameter as it was.
+  g_updates, opt_state = tx.update(g_grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, g_updates)
+  d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
+  disc_params = optax.apply_updates(state.disc_params, d_updates)
+  train_disc = d_factor > 0  # Before its start the discriminator (and its Adam) stays put.
+  disc_params = _select(train_disc, disc_params, state.disc_params)
+  disc_opt_state = _select(train_disc, disc_opt_state, state.disc_opt_state)
+
+  g_grad_norm, d_grad_norm = _global_norm(g_grads), _global_norm(d_grads)
+  finite = jnp.isfinite(g_total) & jnp.isfinite(d_loss) & jnp.isfinite(g_grad_norm) & (
+      jnp.isfinite(d_grad_norm))
+  new = dict(params=params, opt_state=opt_state, disc_params=disc_params,
+             disc_opt_state=disc_opt_state, disc_batch_stats=stats_fake)
+  old = dict(params=state.params, opt_state=state.opt_state, disc_params=state.disc_params,
+             disc_opt_state=state.disc_opt_state, disc_batch_stats=state.disc_batch_stats)
+  kept = _select(finite, new, old)
+  ema_params = state.ema_params
+  if config.ema_decay > 0:
+    ema_params = _select(finite, optax.incremental_update(
+        kept["params"], state.ema_params, 1.0 - config.ema_decay), state.ema_params)
+  streak = jnp.where(finite, 0, state.nonfinite_streak + 1).astype(jnp.int32)
+  new_state = state.replace(
+      step=step + 1, ema_params=ema_params, nonfinite_streak=streak,
+      skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32), **kept)
+
+  metrics = {
+      "loss/total": g_total,
+      "loss/nll": nll,
+      "loss/reconstruction": rec_loss,
+      "loss/perceptual": p_loss,
+      "loss/quantizer": q_loss,
+      "loss/codebook": qout.codebook_loss,
+      "loss/commitment": qout.commitment_loss,
+      "loss/generator_gan": g_loss,
+      "loss/discriminator": d_loss,
+      "loss/discriminator_real": d_loss_real,
+      "loss/discriminator_fake": d_loss_fake,
+      "gan/adaptive_weight": lam,
+      "gan/generator_factor": g_factor,
+      "gan/discriminator_factor": d_factor,
+      "gan/logits_real": jnp.mean(logits_real),
+      "gan/logits_fake": jnp.mean(logits_fake),
+      "codebook/usage": qout.usage,
+      "codebook/perplexity": qout.perplexity,
+      "grad_norm/generator": g_grad_norm,
+      "grad_norm/discriminator": d_grad_norm,
+      "learning_rate": lr_schedule(step),
+      "nonfinite_streak": streak,
+      "skipped_steps": new_state.skipped_steps,
+  }
+  return new_state, metrics
+
+
+def _restore_init_from(state: TrainState, init_from: str, shardings: TrainState) -> TrainState:
+  """Fine-tuning: generator (and discriminator, when present) weights from another workdir."""
+  raw, step = checkpoints.restore_raw_state(init_from)
+  replacements = {}
+  for field in ("params", "disc_params", "disc_batch_stats"):
+    if field not in raw:
+      continue
+    target = getattr(state, field)
+    expected = jax.tree.map(lambda x: x.shape, target)
+    found = jax.tree.map(lambda x: tuple(np.shape(x)), raw[field])
+    if jax.tree.structure(expected) != jax.tree.structure(found) or expected != found:
+      raise ValueError(
+          f"--config.init_from={init_from} (step {step}): its {field!r} does not match this "
+          "config's architecture (config.model / config.discriminator). Use the same model "
+          "fields as that workdir's config.json.")
+    replacements[field] = jax.device_put(raw[field], getattr(shardings, field))
+  logging.info("Initialised %s from %s (step %d).", sorted(replacements), init_from, step)
+  if "params" in replacements and state.ema_params:
+    replacements["ema_params"] = replacements["params"]
+  return state.replace(**replacements)
+
+
+class Reconstructor:
+  """Reconstructs a fixed set of eval images for the PNG/TensorBoard grids (jitted once)."""
+
+  def __init__(self, model: VQModel, images: np.ndarray, mesh):
+    self._mesh = mesh
+    self._images = images
+    self._fn = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
+
+  def grid(self, params) -> np.ndarray:
+    batch = sharding.global_batch({"image": self._images}, self._mesh)["image"]
+    recon = trainer_lib.gather_to_host(self._fn(params, batch))
+    originals = trainer_lib.gather_to_host(batch)
+    return trainer_lib.image_grid([trainer_lib.to_uint8(originals), trainer_lib.to_uint8(recon)])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from WORKDIR if it has a checkpoint) and returns the final state."""
+  mesh = sharding.create_mesh()
+  config_checks.validate_tokenizer_config(config, mesh)
+  checkpoints.write_config(workdir, config.to_dict())
+  model, disc = build_models(config)
+  tx, disc_tx, lr_schedule = build_optimizers(config)
+  init = functools.partial(init_state, config=config, model=model, disc=disc, tx=tx,
+                           disc_tx=disc_tx)
+  rng = jax.random.PRNGKey(config.seed)
+
+  checkpointer = checkpoints.Checkpointer(
+      workdir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints)
+  state, abstract_state, state_shardings = trainer_lib.create_sharded_state(
+      init, rng, mesh, config.param_sharding)
+  position = 0
+  if checkpointer.latest_step() is not None:
+    logging.info("Resuming from %s, step %d.", workdir, checkpointer.latest_step())
+    state, position = checkpointer.restore(abstract_state)
+  elif config.init_from:
+    state = _restore_init_from(state, config.init_from, state_shardings)
+  start_step = int(jax.device_get(state.step))
+
+  replicated = sharding.replicated(mesh)
+  lpips_params = jax.device_put(load_lpips_params(), replicated)
+  step_fn = jax.jit(
+      functools.partial(train_step, config=config, model=model, disc=disc, tx=tx,
+                        disc_tx=disc_tx, lr_schedule=lr_schedule),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,))
+
+  process_count = jax.process_count()
+  local_batch_size = config.batch_size // process_count
+  train_iter = input_pipeline.create_train_iterator(
+      config, local_batch_size=local_batch_size, process_index=jax.process_index(),
+      process_count=process_count, start_position=position)
+  eval_batch = next(iter(input_pipeline.create_eval_iterator(
+      config, local_batch_size=local_batch_size, process_index=jax.process_index(),
+      process_count=process_count)))
+  reconstructor = Reconstructor(model, eval_batch["image"][:max(1, 8 // process_count)], mesh)
+
+  writer = trainer_lib.create_writer(workdir)
+  if start_step == 0:
+    writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
+  hooks = [periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)]
+  if jax.process_index() == 0 and config.profile_first_step >= 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=3,
+                                          first_profile=config.profile_first_step))
+  preemption = trainer_lib.PreemptionWatcher(checkpointer)
+  evaluator = None
+  if config.eval_every_steps >= 0:
+    from vqgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+    evaluator = evaluate.TrainingEvaluator(config, model, mesh, lpips_params)
+
+  buffer, previous_metrics = [], None
+  step = start_step
+  try:
+    while step < config.num_train_steps:
+      batch = next(train_iter)
+      position = int(batch["_position"])
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = step_fn(state, sharding.global_batch(batch, mesh), lpips_params)
+      step += 1
+      # The guard reads the previous step's counter, so dispatch is never blocked.
+      if previous_metrics is not None:
+        trainer_lib.check_finite_streak(previous_metrics, config.max_nonfinite_steps, step - 1)
+      previous_metrics = metrics
+      buffer.append(metrics)
+      for hook in hooks:
+        hook(step)
+      last = step == config.num_train_steps
+      if step % config.log_every_steps == 0 or last:
+        scalars = trainer_lib.mean_metrics(buffer)
+        scalars["data/skipped_files"] = float(input_pipeline.num_skipped_files())
+        writer.write_scalars(step, scalars)
+        buffer = []
+      if config.image_every_steps > 0 and (step % config.image_every_steps == 0 or last):
+        grid = reconstructor.grid(state.params)
+        writer.write_images(step, {"reconstructions": grid[None]})
+        if jax.process_index() == 0:
+          trainer_lib.save_png(os.path.join(workdir, "images", f"reconstructions_{step:08d}.png"), grid)
+      if evaluator is not None and (
+          (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or last):
+        writer.write_scalars(step, evaluator.evaluate(state.ema_params or state.params))
+      stop = preemption.should_stop(step)
+      if checkpointer.should_save(step) or last or stop:
+        trainer_lib.check_finite_streak(metrics, config.max_nonfinite_steps, step)
+        checkpointer.save(step, state, position, force=last or stop)
+      if stop:
+        logging.warning("Preempted: checkpoint for step %d written, exiting cleanly.", step)
+        break
+    trainer_lib.check_finite_streak(previous_metrics or {"nonfinite_streak": 0},
+                                    config.max_nonfinite_steps, step)
+  finally:
+    checkpointer.close()
+    writer.flush()
+    preemption.close()
+  return state
