@@ -1,0 +1,101 @@
+"""VectorQuantizer: nearest-code search, loss weighting, straight-through gradients, statistics."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vqgan_jax.models.quantizer import VectorQuantizer
+
+
+def _apply(quantizer, codebook, z, method=None):
+  return quantizer.apply({'params': {'embedding': jnp.asarray(codebook)}}, z, method=method)
+
+
+def _problem(seed=0, shape=(2, 4, 4, 8), k=16):
+  rng = np.random.RandomState(seed)
+  return rng.normal(size=shape).astype(np.float32), rng.normal(size=(k, shape[-1])).astype(
+      np.float32)
+
+
+def test_indices_match_brute_force_search():
+  z, codebook = _problem()
+  out = _apply(VectorQuantizer(16, 8), codebook, z)
+  brute = np.argmin(((z[..., None, :] - codebook)**2).sum(-1), axis=-1)
+  assert out.indices.dtype == jnp.int32 and out.indices.shape == (2, 4, 4)
+  np.testing.assert_array_equal(out.indices, brute)
+  np.testing.assert_allclose(out.quantized, codebook[brute], rtol=1e-6, atol=1e-6)
+
+
+def test_ties_pick_the_first_code_like_torch():
+  codebook = np.eye(4, dtype=np.float32)[[0, 1, 2, 1]]  # Codes 1 and 3 are identical.
+  z = np.eye(4, dtype=np.float32)[[1, 1]]
+  np.testing.assert_array_equal(_apply(VectorQuantizer(4, 4), codebook, z).indices, [1, 1])
+
+
+@pytest.mark.parametrize('legacy', [True, False])
+def test_loss_weighting(legacy):
+  z, codebook = _problem()
+  out = _apply(VectorQuantizer(16, 8, beta=0.25, legacy=legacy), codebook, z)
+  codes = codebook[np.argmin(((z[..., None, :] - codebook)**2).sum(-1), axis=-1)]
+  mse = np.mean((codes - z)**2)
+  codebook_w, commitment_w = (0.25, 1.0) if legacy else (1.0, 0.25)
+  np.testing.assert_allclose(out.codebook_loss, codebook_w * mse, rtol=1e-5)
+  np.testing.assert_allclose(out.commitment_loss, commitment_w * mse, rtol=1e-5)
+  np.testing.assert_allclose(out.loss, (codebook_w + commitment_w) * mse, rtol=1e-5)
+
+
+def test_straight_through_and_loss_gradients_go_where_they_should():
+  z, codebook = _problem()
+  quantizer = VectorQuantizer(16, 8)
+  upstream = np.random.RandomState(1).normal(size=z.shape).astype(np.float32)
+
+  def through_quantized(e, z):
+    return jnp.sum(_apply(quantizer, e, z).quantized * upstream)
+
+  grad_e, grad_z = jax.grad(through_quantized, argnums=(0, 1))(codebook, z)
+  np.testing.assert_array_equal(grad_z, upstream)  # Exactly the upstream gradient.
+  np.testing.assert_array_equal(grad_e, 0.0)  # The codebook learns only from its loss term.
+
+  def term(name):
+    return jax.grad(lambda e, z: getattr(_apply(quantizer, e, z), name), argnums=(0, 1))(
+        codebook, z)
+
+  codebook_grad_e, codebook_grad_z = term('codebook_loss')
+  commitment_grad_e, commitment_grad_z = term('commitment_loss')
+  np.testing.assert_array_equal(codebook_grad_z, 0.0)
+  np.testing.assert_array_equal(commitment_grad_e, 0.0)
+  codes = codebook[np.asarray(_apply(quantizer, codebook, z).indices)]
+  np.testing.assert_allclose(commitment_grad_z, 2 * (z - codes) / z.size, rtol=1e-5, atol=1e-8)
+  assert np.abs(codebook_grad_e).sum() > 0
+
+
+def test_usage_and_perplexity_on_a_known_histogram():
+  codebook = 10.0 * np.eye(4, dtype=np.float32)
+  z = codebook[[0, 0, 1, 2]][None]  # Codes 0, 0, 1, 2: probabilities 1/2, 1/4, 1/4, 0.
+  out = _apply(VectorQuantizer(4, 4), codebook, z)
+  np.testing.assert_array_equal(out.indices, [[0, 0, 1, 2]])
+  np.testing.assert_allclose(out.usage, 0.75)
+  np.testing.assert_allclose(out.perplexity, 2**1.5, rtol=1e-6)  # exp(1.5 ln 2).
+
+
+def test_bfloat16_latents_give_float32_outputs():
+  z, codebook = _problem()
+  out = _apply(VectorQuantizer(16, 8), codebook, jnp.asarray(z, jnp.bfloat16))
+  assert out.quantized.dtype == jnp.float32
+  assert all(x.dtype == jnp.float32 for x in (out.loss, out.perplexity, out.usage))
+
+
+def test_lookup_and_init():
+  quantizer = VectorQuantizer(64, 8)
+  params = quantizer.init(jax.random.key(0), jnp.zeros((1, 8)))['params']
+  codebook = params['embedding']
+  assert codebook.shape == (64, 8) and codebook.dtype == jnp.float32
+  assert np.abs(codebook).max() <= 1 / 64 and np.std(codebook) > 0.3 / 64
+  indices = jnp.array([[3, 0], [63, 3]])
+  looked_up = quantizer.apply({'params': params}, indices, method='lookup')
+  np.testing.assert_array_equal(looked_up, np.asarray(codebook)[np.asarray(indices)])
+
+
+def test_wrong_latent_width_is_a_clear_error():
+  with pytest.raises(ValueError, match='last axis 8'):
+    _apply(VectorQuantizer(16, 8), np.zeros((16, 8), np.float32), np.zeros((2, 4), np.float32))
