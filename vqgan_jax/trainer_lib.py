@@ -31,10 +31,14 @@ def create_sharded_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array, me
 
   Returns (state, abstract_state_with_shardings, shardings). The state never exists unsharded:
   `jax.eval_shape` gives its structure, `jax.jit(init, out_shardings=...)` materialises it.
+  Initialisation uses the non-partitionable threefry: it compiles the many 4-D random draws of
+  conv kernels about 3x faster (40 s -> 13 s for the tiny model on CPU), and the values it
+  draws are the same whatever the sharding.
   """
-  abstract = jax.eval_shape(init_fn, rng)
-  shardings = sharding.tree_shardings(mesh, abstract, strategy)
-  state = jax.jit(init_fn, out_shardings=shardings)(rng)
+  with jax.threefry_partitionable(False):
+    abstract = jax.eval_shape(init_fn, rng)
+    shardings = sharding.tree_shardings(mesh, abstract, strategy)
+    state = jax.jit(init_fn, out_shardings=shardings)(rng)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return state, abstract, shardings

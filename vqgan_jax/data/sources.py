@@ -1,0 +1,220 @@
+"""One process's view of each data source: its share of the records, in a per-epoch order.
+
+A source hands out *records* (a path, encoded bytes or a photo index: cheap to skip) and turns
+a record into an image only when asked, so resuming skips records without decoding them.
+Every source has the same interface:
+  num_train, num_eval, num_eval_global   record counts (train: per epoch in this process)
+  train_epoch(epoch)                     this process's train records in that epoch's order
+  decode(record)                         (uint8 (h, w, 3) image, label); raises if undecodable
+  eval_records(), eval_example(record)   eval records in a fixed order, and their final crops
+  describe_train(position), describe_eval(index)   a record's name, for skip warnings
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vqgan_jax import embedded_data
+from vqgan_jax.data import folder, preprocess, tfds_data
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Everything that shapes the examples, with automatic values already resolved."""
+  seed: int
+  process_index: int
+  process_count: int
+  crop_hw: tuple[int, int]
+  resize_size: int
+  scale_jitter: float
+  random_flip: bool
+  shuffle_buffer_size: int
+
+
+class _FileEval:
+  """Eval crops of decoded files: resize the shorter side, then center crop."""
+  settings: Settings
+
+  def eval_example(self, record):
+    image, label = self.decode(record)
+    image = preprocess.resize_to_cover(image, self.settings.resize_size, self.settings.crop_hw)
+    return preprocess.center_crop(image, self.settings.crop_hw), label
+
+
+class FolderSource(_FileEval):
+  """Every `process_count`-th file of each split; an exact per-epoch permutation of them."""
+
+  def __init__(self, dataset: folder.FolderDataset, settings: Settings):
+    self.settings = settings
+    shard = slice(settings.process_index, None, settings.process_count)
+    self._train_paths = dataset.train.paths[shard]
+    self._train = (tf.constant(self._train_paths, tf.string),
+                   tf.constant(dataset.train.labels[shard], tf.int32))
+    self._eval_paths = dataset.eval.paths[shard]
+    self._eval_labels = dataset.eval.labels[shard]
+    self.num_train = len(self._train_paths)
+    self.num_eval = len(self._eval_paths)
+    self.num_eval_global = len(dataset.eval.paths)
+
+  def _order(self, epoch) -> tf.Tensor:
+    s = self.settings
+    return preprocess.epoch_permutation(self.num_train, s.seed, s.process_index, epoch)
+
+  def train_epoch(self, epoch) -> tf.data.Dataset:
+    paths, labels = self._train
+    return tf.data.Dataset.from_tensor_slices(self._order(epoch)).map(
+        lambda i: {"path": tf.gather(paths, i), "label": tf.gather(labels, i)})
+
+  def decode(self, record):
+    return preprocess.decode_rgb(tf.io.read_file(record["path"])), record["label"]
+
+  def eval_records(self) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(
+        {"path": tf.constant(self._eval_paths, tf.string),
+         "label": tf.constant(self._eval_labels, tf.int32)})
+
+  def describe_train(self, position: int) -> str:
+    epoch, index = divmod(position, self.num_train)
+    return self._train_paths[int(self._order(epoch).numpy()[index])]
+
+  def describe_eval(self, index: int) -> str:
+    return self._eval_paths[index]
+
+
+class TfdsSource(_FileEval):
+  """This process's `tfds.split_for_jax_process` shard, images left encoded until `decode`.
+
+  Train order per epoch: the shard's on-disk order (TFDS shuffles examples when it prepares a
+  dataset) through a shuffle buffer seeded from (seed, process, epoch).
+  """
+
+  def __init__(self, builder, data: ml_collections.ConfigDict, settings: Settings):
+    self.settings = settings
+    self._name = data.tfds_name
+    self._has_label = tfds_data.LABEL_KEY in builder.info.features
+    self._train_split, self._eval_split = (
+        tfds.split_for_jax_process(split, process_index=settings.process_index,
+                                   process_count=settings.process_count)
+        for split in (data.train_split, data.eval_split))
+    self.num_train = builder.info.splits[self._train_split].num_examples
+    self.num_eval = builder.info.splits[self._eval_split].num_examples
+    self.num_eval_global = builder.info.splits[data.eval_split].num_examples
+    self._train = self._read(builder, self._train_split)
+    self._eval = self._read(builder, self._eval_split)
+
+  def _read(self, builder, split) -> tf.data.Dataset:
+    keys = [tfds_data.IMAGE_KEY] + ([tfds_data.LABEL_KEY] if self._has_label else [])
+    dataset = builder.as_dataset(
+        split=split, shuffle_files=False,
+        decoders={tfds_data.IMAGE_KEY: tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(try_autocache=False))
+    return dataset.map(lambda example: {k: example[k] for k in keys})
+
+  def train_epoch(self, epoch) -> tf.data.Dataset:
+    s = self.settings
+    seed = preprocess.epoch_shuffle_seed(s.seed, s.process_index, epoch)
+    return self._train.shuffle(s.shuffle_buffer_size, seed=seed)
+
+  def decode(self, record):
+    label = record[tfds_data.LABEL_KEY] if self._has_label else 0
+    return (preprocess.decode_rgb(record[tfds_data.IMAGE_KEY]),
+            tf.cast(label, tf.int32))
+
+  def eval_records(self) -> tf.data.Dataset:
+    return self._eval
+
+  def describe_train(self, position: int) -> str:
+    return f"{self._name} {self._train_split}, train stream position {position}"
+
+  def describe_eval(self, index: int) -> str:
+    return f"{self._name} {self._eval_split}, example {index}"
+
+
+@functools.lru_cache(maxsize=8)
+def _resized_photos(indices: tuple[int, ...], shorter_side: float,
+                    crop_hw: tuple[int, int]) -> tuple[np.ndarray, ...]:
+  photos = embedded_data.load_photos()
+  return tuple(preprocess.resize_to_cover(photos[i], shorter_side, crop_hw).numpy()
+               for i in indices)
+
+
+def _grid_crops(photo: np.ndarray, crop_hw: tuple[int, int]) -> list[np.ndarray]:
+  """Non-overlapping crops on a grid centred in the photo, in raster order."""
+  (height, width), (rows, cols) = crop_hw, np.array(photo.shape[:2]) // crop_hw
+  top, left = (photo.shape[0] - rows * height) // 2, (photo.shape[1] - cols * width) // 2
+  return [photo[top + r * height:top + (r + 1) * height, left + c * width:left + (c + 1) * width]
+          for r in range(rows) for c in range(cols)]
+
+
+class EmbeddedSource:
+  """The bundled photos (see `vqgan_jax.embedded_data`).
+
+  Train: every process uses every train photo (there are too few to shard) in its own
+  per-epoch order; records are photo indices, and each example is a fresh random crop.
+  Eval: a grid of crops of the held-out photos, every `process_count`-th crop per process.
+  """
+
+  def __init__(self, settings: Settings):
+    self.settings = settings
+    crop_hw = settings.crop_hw
+    self._train_ids = embedded_data.split_indices("train")
+    # Stored once at the largest train scale; each example then only shrinks a small photo.
+    largest = settings.resize_size * (1.0 + settings.scale_jitter)
+    train = _resized_photos(self._train_ids, largest, crop_hw)
+    shapes = np.array([p.shape[:2] for p in train])
+    stacked = np.zeros((len(train), *shapes.max(0), 3), np.uint8)
+    for slot, photo in zip(stacked, train):
+      slot[:photo.shape[0], :photo.shape[1]] = photo
+    self._photos = tf.constant(stacked)
+    self._shapes = tf.constant(shapes, tf.int32)
+    self._labels = tf.constant(self._train_ids, tf.int32)
+    self.num_train = len(self._train_ids)
+
+    eval_ids = embedded_data.split_indices("eval")
+    crops, labels = [], []
+    for label, photo in zip(eval_ids, _resized_photos(eval_ids, settings.resize_size, crop_hw)):
+      grid = _grid_crops(photo, crop_hw)
+      crops.extend(grid)
+      labels.extend([label] * len(grid))
+    shard = slice(settings.process_index, None, settings.process_count)
+    self._eval_crops = np.array(crops[shard], np.uint8).reshape(-1, *crop_hw, 3)
+    self._eval_labels = np.array(labels[shard], np.int32)
+    self.num_eval = len(self._eval_labels)
+    self.num_eval_global = len(labels)
+
+  def train_epoch(self, epoch) -> tf.data.Dataset:
+    s = self.settings
+    return tf.data.Dataset.from_tensor_slices(
+        preprocess.epoch_permutation(self.num_train, s.seed, s.process_index, epoch))
+
+  def decode(self, record):
+    index = tf.cast(record, tf.int32)
+    height, width = tf.unstack(self._shapes[index])
+    return self._photos[index, :height, :width], self._labels[index]
+
+  def eval_records(self) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices((self._eval_crops, self._eval_labels))
+
+  def eval_example(self, record):
+    return record
+
+  def describe_train(self, position: int) -> str:
+    return f"embedded train stream position {position}"
+
+  def describe_eval(self, index: int) -> str:
+    return f"embedded eval crop {index}"
+
+
+def make_source(data: ml_collections.ConfigDict, settings: Settings):
+  """The source named by `data.source` (already validated)."""
+  if data.source == "embedded":
+    return EmbeddedSource(settings)
+  if data.source == "folder":
+    return FolderSource(folder.scan(data.folder, data.train_split, data.eval_split,
+                                    data.folder_eval_fraction), settings)
+  return TfdsSource(tfds_data.prepared_builder(data, settings.process_count), data, settings)

