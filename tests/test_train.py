@@ -84,10 +84,15 @@ def test_sharded_step_equals_single_device(config):
   s8, m8 = _step_on_mesh(config, mesh8, state, batches)
   s1, m1 = _step_on_mesh(config, mesh1, state, batches)
   assert m8["gan/generator_factor"] == 1.0
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
-               (s8.params, s8.disc_params, s8.disc_batch_stats),
-               (s1.params, s1.disc_params, s1.disc_batch_stats))
-  for key in ("loss/total", "loss/discriminator", "gan/adaptive_weight"):
+  # Adam turns float noise in a ~zero gradient (e.g. a conv bias before a GroupNorm) into a
+  # step of up to ~1.6 lr, so parameters may differ by that much; everything else is tight.
+  lr_sum = sum(float(train.build_optimizers(config)[2](i)) for i in range(len(batches)))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2 * lr_sum),
+               (s8.params, s8.disc_params), (s1.params, s1.disc_params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               s8.disc_batch_stats, s1.disc_batch_stats)
+  for key in ("loss/total", "loss/discriminator", "gan/adaptive_weight",
+              "grad_norm/generator", "grad_norm/discriminator", "codebook/perplexity"):
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-4)
 
 
@@ -153,11 +158,13 @@ def test_killed_save_leaves_previous_checkpoint_restorable(config, tmp_path):
   (partial / "state" / "half_written").write_bytes(b"\0" * 100)
   checkpointer = checkpoints.Checkpointer(str(workdir), every_steps=2, keep=3)
   assert checkpointer.latest_step() == 2
-  assert not partial.exists(), "stale temporary checkpoint not cleaned up"
   checkpointer.close()
   config.num_train_steps = 4
   state = train.train_and_evaluate(config, str(workdir))  # Resumes from step 2.
   assert int(state.step) == 4
+  # Orbax removes stale temporary directories before its first save of the new run.
+  assert not partial.exists(), "stale temporary checkpoint not cleaned up"
+  assert checkpoints.Checkpointer(str(workdir), every_steps=2, keep=3).all_steps() == [2, 4]
 
 
 def test_nonfinite_batch_is_skipped(config):
@@ -195,7 +202,7 @@ def test_persistent_nans_stop_the_run(config, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda c: setattr(c.data, "image_size", 18), "not divisible by the downsampling factor 2"),
+    (lambda c: setattr(c.data, "image_size", 17), "not divisible by the downsampling factor 2"),
     (lambda c: setattr(c, "batch_size", 12), "not divisible by the 8 devices"),
     (lambda c: setattr(c.model, "ch", 48), "not divisible by the 32 GroupNorm groups"),
     (lambda c: (setattr(c.data, "source", "folder"), setattr(c.data, "folder", "/nonexistent")),

@@ -43,8 +43,8 @@ class Checkpointer:
   """Async Orbax checkpointing with exact data-position resume and a finiteness guard."""
 
   def __init__(self, workdir: str, *, every_steps: int, keep: int, read_only: bool = False):
+    self._every_steps = max(1, every_steps)
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(1, every_steps),
         max_to_keep=keep,
         create=not read_only,
         read_only=read_only,
@@ -76,11 +76,12 @@ class Checkpointer:
     return restored["state"], int(positions[jax.process_index()])
 
   def should_save(self, step: int) -> bool:
-    return self.manager.should_save(step)
+    """Every `every_steps` steps (Orbax's own policy would also save the first step)."""
+    return step % self._every_steps == 0
 
   def save(self, step: int, state: Any, data_position: int, *, force: bool = False) -> bool:
     """Starts an async save; refuses (and says so) when the state is not finite."""
-    if not (force or self.manager.should_save(step)):
+    if not (force or self.should_save(step)):
       return False
     if not is_finite(state):
       logging.error("Step %d: the training state has non-finite values; NOT saving it. "
@@ -89,7 +90,7 @@ class Checkpointer:
     positions = multihost_utils.process_allgather(np.asarray(data_position, np.int64))
     data = {"positions": np.atleast_1d(positions).tolist()}
     return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)), force=force)
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)), force=True)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

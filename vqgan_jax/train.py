@@ -111,7 +111,7 @@ def _select(pred: jax.Array, new: Any, old: Any) -> Any:
 
 
 def _global_norm(tree: Any) -> jax.Array:
-  return optax.global_norm(tree).astype(jnp.float32)
+  return optax.tree.norm(tree).astype(jnp.float32)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any, *, config,
@@ -355,8 +355,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer.write_scalars(step, evaluator.evaluate(state.ema_params or state.params))
       stop = preemption.should_stop(step)
       if checkpointer.should_save(step) or last or stop:
+        streak = int(jax.device_get(metrics["nonfinite_streak"]))
         trainer_lib.check_finite_streak(metrics, config.max_nonfinite_steps, step)
-        checkpointer.save(step, state, position, force=last or stop)
+        if streak and not (last or stop):
+          # Keep the last checkpoint written from a healthy step rather than rotating it out.
+          logging.warning("Step %d: skipping the periodic checkpoint, the last %d steps were "
+                          "non-finite.", step, streak)
+        else:
+          checkpointer.save(step, state, position, force=last or stop)
       if stop:
         logging.warning("Preempted: checkpoint for step %d written, exiting cleanly.", step)
         break
