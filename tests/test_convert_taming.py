@@ -207,3 +207,19 @@ def test_cli_writes_a_restorable_workdir(with_discriminator, tmp_path):
                               (state['disc_batch_stats'],
                                variables['discriminator']['batch_stats'])]:
     jax.tree.map(np.testing.assert_array_equal, restored, converted)
+
+
+def test_converted_workdir_evaluates(with_discriminator, tmp_path):
+  """`--mode=eval` reads a converted checkpoint's architecture from its config.json."""
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from vqgan_jax import evaluate, input_pipeline  # pylint: disable=g-import-not-at-top
+  _, (ckpt_path, yaml_path) = with_discriminator
+  workdir = str(tmp_path / 'converted')
+  convert_taming.convert_to_workdir(ckpt_path, yaml_path, workdir)
+  config = load_config('tiny', 'test')  # 16x16 embedded photos; a different model config.
+  config.eval_metrics = ('reconstruction', 'codebook')
+  results = evaluate.evaluate_checkpoint(config, workdir)
+  assert results['step'] == 0
+  assert results['num_images'] == input_pipeline.num_eval_examples(config)
+  assert all(np.isfinite(results[k]) for k in ('l1', 'lpips', 'psnr', 'ssim', 'perplexity'))
+  assert os.path.exists(os.path.join(workdir, 'eval', 'metrics_0.json'))

@@ -1,6 +1,8 @@
 """Config errors a user can make, caught before anything compiles, with what to change."""
 from __future__ import annotations
 
+import os
+
 import ml_collections
 from jax.sharding import Mesh
 
@@ -30,6 +32,19 @@ def validate_model_config(model: ml_collections.ConfigDict, image_size) -> None:
           f"{GROUPNORM_GROUPS}.")
 
 
+def validate_eval_config(config: ml_collections.ConfigDict) -> None:
+  """Known evaluator names and an existing reference-statistics file."""
+  from vqgan_jax import evaluators  # pylint: disable=g-import-not-at-top
+  unknown = [n for n in config.eval_metrics if n not in evaluators.EVALUATORS]
+  if unknown:
+    raise ValueError(f"config.eval_metrics has unknown evaluator(s) {unknown}; choose from "
+                     f"{sorted(evaluators.EVALUATORS)}.")
+  path = config.fid_reference_stats
+  if path and "://" not in path and not os.path.exists(path):
+    raise ValueError(f"config.fid_reference_stats={config.fid_reference_stats!r} does not exist; "
+                     "write it with `python -m vqgan_jax.fid_stats` or leave it empty.")
+
+
 def validate_tokenizer_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   """Every check of the tokenizer trainer; raises ValueError with a fix."""
   if config.dtype not in DTYPES:
@@ -49,6 +64,7 @@ def validate_tokenizer_config(config: ml_collections.ConfigDict, mesh: Mesh) -> 
                      f"{sharding.PARAM_SHARDING_STRATEGIES}.")
   if not 0.0 <= config.ema_decay < 1.0:
     raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1) (0 disables EMA).")
+  validate_eval_config(config)
   validate_model_config(config.model, config.data.image_size)
   sharding.check_batch_divisible(config.batch_size, mesh)
   input_pipeline.validate_data_config(config)

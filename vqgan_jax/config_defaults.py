@@ -13,7 +13,12 @@ Top level
   checkpoint_every_steps  Async Orbax checkpoint cadence (the last step is always saved).
   keep_checkpoints        How many recent checkpoints to keep.
   eval_every_steps        Evaluation on `num_eval_images` held-out images (0: only at the end).
-  num_eval_images         Images used by the periodic evaluation (-1: the whole split).
+  num_eval_images         Images used by the periodic evaluation (-1: the whole split;
+                          `--mode=eval` always uses the whole split).
+  eval_metrics            Evaluators (vqgan_jax.evaluators): 'reconstruction' (l1, lpips, psnr,
+                          ssim), 'codebook' (codebook_usage, perplexity), 'rfid'.
+  fid_reference_stats     Optional .npz of reference Inception statistics (vqgan_jax.fid_stats)
+                          for rFID; empty: the originals of the evaluated images.
   image_every_steps       Reconstruction grids (TensorBoard and WORKDIR/images/*.png).
   max_nonfinite_steps     Consecutive non-finite steps tolerated (each one is skipped).
   param_sharding          'replicate' or 'fsdp' (shard large arrays over the data axis).
@@ -53,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.eval_every_steps = 5000
   config.num_eval_images = -1
+  config.eval_metrics = ("reconstruction", "codebook", "rfid")
+  config.fid_reference_stats = ""
   config.image_every_steps = 1000
   config.max_nonfinite_steps = 20
   config.param_sharding = "replicate"

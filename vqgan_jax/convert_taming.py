@@ -218,16 +218,20 @@ def load_taming(ckpt_path: str, yaml_path: str) -> tuple[VQModel, dict[str, Any]
   return VQModel(**config['model']), variables
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  ckpt, yaml_path, workdir = flags.FLAGS.ckpt, flags.FLAGS.yaml, flags.FLAGS.workdir
+def convert_to_workdir(ckpt: str, yaml_path: str, workdir: str) -> None:
+  """Writes the taming checkpoint as WORKDIR (config.json + Orbax step 0)."""
   _, variables = load_taming(ckpt, yaml_path)
   config = taming_model_config(yaml_path)
   if 'discriminator' not in variables:
     config['discriminator'] = None
   checkpoints.save_converted(workdir, variables, config)
   print(f'Converted {ckpt} to {workdir} (discriminator: {config["discriminator"]}).')
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  convert_to_workdir(flags.FLAGS.ckpt, flags.FLAGS.yaml, flags.FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -1,79 +1,161 @@
-"""Reconstruction metrics over the evaluation split, jitted once, masked so every image counts once.
+"""Tokenizer evaluation: rFID, LPIPS, PSNR, SSIM, L1 and codebook usage over an eval split.
 
-`TrainingEvaluator` runs during training (every `config.eval_every_steps` on
-`config.num_eval_images` images, and at the end). Per-image sums are accumulated on device with
-the padding mask, so a last partial batch is padded and masked, never dropped.
+    python -m vqgan_jax.main --config=configs/tiny.py --workdir=workdirs/tiny --mode=eval [--step=N]
+
+`--mode=eval` restores a checkpoint (trained, or converted by `vqgan_jax.convert_taming`; the
+architecture comes from WORKDIR/config.json, the data from --config), reconstructs every image of
+the eval split exactly once (the last partial batch is padded and masked, never dropped) and
+writes WORKDIR/eval/metrics_<step>.json, TensorBoard scalars under WORKDIR/eval and a PNG grid of
+originals above reconstructions. During training, `TrainingEvaluator` runs the same code on
+`config.num_eval_images` images. The metrics are the plug-ins of `vqgan_jax.evaluators`, picked
+by `config.eval_metrics`; one jitted step runs the model once and every metric on its output.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Any
+import json
+import logging
+import os
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vqgan_jax import input_pipeline, sharding
-from vqgan_jax.models.lpips import LPIPS
+from vqgan_jax import checkpoints, config_checks, evaluators, input_pipeline, sharding, trainer_lib
+from vqgan_jax import tokenizer
+
+GRID_IMAGES = 8
 
 
-def _to_unit_uint8_grid(x: jax.Array) -> jax.Array:
-  """[-1, 1] -> uint8 levels -> [0, 1], as images are stored and compared."""
-  return jnp.clip(jnp.round((x.astype(jnp.float32) + 1.0) * 127.5), 0, 255) / 255.0
+class Evaluation:
+  """The model and the configured metrics as one jitted step, over any stream of eval batches."""
+
+  def __init__(self, model, metric_names: Iterable[str], mesh, *, reference_stats: str = ""):
+    self._mesh = mesh
+    self.evaluators, self.unavailable = evaluators.make_evaluators(
+        tuple(metric_names), codebook_size=model.codebook_size, reference_stats=reference_stats)
+    for key, reason in self.unavailable.items():
+      logging.warning("Metric %r is not computed: %s", key, reason)
+    replicated = sharding.replicated(mesh)
+    self._constants = jax.device_put(
+        {name: e.constants for name, e in self.evaluators.items()}, replicated)
+
+    def step(params, constants, batch):
+      images, mask = batch["image"], batch["mask"].astype(jnp.float32)
+      recon, qout = model.apply({"params": params}, images)
+      recon = recon.astype(jnp.float32)
+      outputs = {name: e.device_fn(constants[name], images, recon, qout.indices, mask)
+                 for name, e in self.evaluators.items()}
+      return outputs, mask, recon
+
+    self._step = jax.jit(step, out_shardings=(replicated, replicated, sharding.batch_sharding(mesh)))
+
+  def run(self, params, batches: Iterable[dict[str, np.ndarray]],
+          on_first_batch: Callable[[jax.Array, jax.Array], None] | None = None
+          ) -> dict[str, float | None]:
+    """Metrics over all `batches` (host-local, with `mask`), plus `num_images`."""
+    for e in self.evaluators.values():
+      e.reset()
+    num_images, pending = 0.0, None
+
+    def consume(item):
+      outputs, mask = jax.device_get(item)
+      for name, e in self.evaluators.items():
+        e.update(outputs[name], mask)
+      return float(mask.sum())
+
+    for i, batch in enumerate(batches):
+      global_batch = sharding.global_batch(batch, self._mesh)
+      outputs, mask, recon = self._step(params, self._constants, global_batch)
+      if i == 0 and on_first_batch is not None:
+        on_first_batch(global_batch["image"], recon)
+      if pending is not None:  # Read the previous batch while this one computes.
+        num_images += consume(pending)
+      pending = (outputs, mask)
+    if pending is not None:
+      num_images += consume(pending)
+    if num_images == 0:
+      raise ValueError("The evaluation split is empty: check config.data (eval_split, folder).")
+    results: dict[str, float | None] = {"num_images": num_images}
+    for e in self.evaluators.values():
+      results.update(e.result())
+    for key in self.unavailable:
+      results[key] = None
+    return results
 
 
-def batch_sums(params, lpips_params, batch, *, model) -> dict[str, jax.Array]:
-  """Masked per-batch sums of reconstruction metrics and the code histogram."""
-  images, mask = batch["image"], batch["mask"].astype(jnp.float32)
-  recon, qout = model.apply({"params": params}, images)
-  recon = recon.astype(jnp.float32)
-  l1 = jnp.mean(jnp.abs(images - recon), axis=(1, 2, 3))
-  lp = LPIPS().apply({"params": lpips_params}, images, recon)
-  mse = jnp.mean(jnp.square(_to_unit_uint8_grid(images) - _to_unit_uint8_grid(recon)), axis=(1, 2, 3))
-  psnr = 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
-  indices = qout.indices.reshape(images.shape[0], -1)
-  weights = jnp.broadcast_to(mask[:, None], indices.shape)
-  histogram = jnp.zeros((model.codebook_size,), jnp.float32).at[indices.ravel()].add(weights.ravel())
-  return {"count": mask.sum(), "l1": (l1 * mask).sum(), "lpips": (lp * mask).sum(),
-          "psnr": (psnr * mask).sum(), "histogram": histogram}
-
-
-def summarize(sums: dict[str, np.ndarray]) -> dict[str, float]:
-  count = float(sums["count"])
-  hist = np.asarray(sums["histogram"], np.float64)
-  probs = hist / max(hist.sum(), 1.0)
-  entropy = -np.sum(probs[probs > 0] * np.log(probs[probs > 0]))
-  return {
-      "eval/num_images": count,
-      "eval/l1": float(sums["l1"]) / count,
-      "eval/lpips": float(sums["lpips"]) / count,
-      "eval/psnr": float(sums["psnr"]) / count,
-      "eval/codebook_usage": float(np.mean(hist > 0)),
-      "eval/perplexity": float(np.exp(entropy)),
-  }
+def eval_batches(config: ml_collections.ConfigDict, num_images: int = -1):
+  """This host's eval batches: the whole split, or the batches covering its first `num_images`."""
+  batches = input_pipeline.create_eval_iterator(
+      config, local_batch_size=config.batch_size // jax.process_count(),
+      process_index=jax.process_index(), process_count=jax.process_count())
+  if num_images > 0:
+    batches = itertools.islice(batches, -(-num_images // config.batch_size))
+  return batches
 
 
 class TrainingEvaluator:
-  """Reconstruction metrics on held-out images during training."""
+  """The evaluation, during training, on `config.num_eval_images` held-out images."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model, mesh, lpips_params: Any):
+  def __init__(self, config: ml_collections.ConfigDict, model, mesh):
     self._config = config
-    self._mesh = mesh
-    self._lpips_params = lpips_params
-    self._sums = jax.jit(lambda p, l, b: batch_sums(p, l, b, model=model),
-                         out_shardings=sharding.replicated(mesh))
+    self._evaluation = Evaluation(model, config.eval_metrics, mesh,
+                                  reference_stats=config.fid_reference_stats)
 
   def evaluate(self, params) -> dict[str, float]:
-    config = self._config
-    local_batch = config.batch_size // jax.process_count()
-    iterator = input_pipeline.create_eval_iterator(
-        config, local_batch_size=local_batch, process_index=jax.process_index(),
-        process_count=jax.process_count())
-    if config.num_eval_images > 0:
-      iterator = itertools.islice(iterator, -(-config.num_eval_images // config.batch_size))
-    total = None
-    for batch in iterator:
-      sums = self._sums(params, self._lpips_params, sharding.global_batch(batch, self._mesh))
-      total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    return summarize(jax.device_get(total))
+    results = self._evaluation.run(params, eval_batches(self._config, self._config.num_eval_images))
+    return {f"eval/{k}": v for k, v in results.items() if v is not None}
+
+
+def _grid_saver(path: str) -> Callable[[jax.Array, jax.Array], None]:
+  def save(images, recon):
+    originals = trainer_lib.to_uint8(trainer_lib.gather_to_host(images)[:GRID_IMAGES])
+    recons = trainer_lib.to_uint8(trainer_lib.gather_to_host(recon)[:GRID_IMAGES])
+    if jax.process_index() == 0:
+      trainer_lib.save_png(path, trainer_lib.image_grid([originals, recons]))
+  return save
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step: int | None = None) -> dict[str, Any]:
+  """`--mode=eval`: metrics of WORKDIR's checkpoint (latest, or `step`) on the whole eval split.
+
+  Returns the dict written to WORKDIR/eval/metrics_<step>.json.
+  """
+  mesh = sharding.create_mesh()
+  sharding.check_batch_divisible(config.batch_size, mesh)
+  input_pipeline.validate_data_config(config)
+  config_checks.validate_eval_config(config)
+  model, variables, step = tokenizer.restore_tokenizer(workdir, step)
+  saved_model = ml_collections.ConfigDict(checkpoints.read_config(workdir)["model"])
+  config_checks.validate_model_config(saved_model, config.data.image_size)
+  if saved_model.to_dict() != ml_collections.ConfigDict(config.model.to_dict()).to_dict():
+    logging.info("Evaluating the architecture stored in %s/config.json (--config.model is only "
+                 "used for training).", workdir)
+  params = jax.device_put(variables["params"], sharding.replicated(mesh))
+
+  out_dir = os.path.join(workdir, "eval")
+  evaluation = Evaluation(model, config.eval_metrics, mesh,
+                          reference_stats=config.fid_reference_stats)
+  results = evaluation.run(params, eval_batches(config), on_first_batch=_grid_saver(
+      os.path.join(out_dir, f"reconstructions_{step}.png")))
+  results = {"step": step, **results,
+             "eval_split": config.data.eval_split, "source": config.data.source,
+             "image_size": config.data.image_size,
+             "unavailable": evaluation.unavailable}
+  num_images = int(results["num_images"])
+  results["num_images"] = num_images
+
+  writer = trainer_lib.create_writer(out_dir)
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
+                              if isinstance(v, float)})
+  writer.flush()
+  if jax.process_index() == 0:
+    path = os.path.join(out_dir, f"metrics_{step}.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(results, f, indent=2, default=list)
+    os.replace(path + ".tmp", path)
+    logging.info("Wrote %s: %s", path, json.dumps(results, default=list))
+  return results

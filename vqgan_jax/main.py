@@ -1,4 +1,4 @@
-"""Entry point: `python -m vqgan_jax.main --config=configs/tiny.py --workdir=DIR [--mode=train]`.
+"""Entry point: `python -m vqgan_jax.main --config=configs/tiny.py --workdir=DIR [--mode=train|eval]`.
 
 Parses flags, initialises multi-host JAX when there is more than one process, and dispatches to
 the job for `--mode`. Everything else lives in the job modules.
@@ -12,13 +12,15 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-MODES = ("train",)
+MODES = ("train", "eval")
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and images go "
                     "(default: ./workdirs/<config name>).")
-flags.DEFINE_enum("mode", "train", MODES, "What to run.")
+flags.DEFINE_enum("mode", "train", MODES, "train: train the tokenizer (resuming from --workdir); "
+                  "eval: evaluate a checkpoint of --workdir on the eval split.")
+flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: the latest).")
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0, for multi-host runs outside TPU/SLURM auto-detection.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
@@ -64,6 +66,9 @@ def main(argv):
   if FLAGS.mode == "train":
     from vqgan_jax import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, workdir)
+  elif FLAGS.mode == "eval":
+    from vqgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+    evaluate.evaluate_checkpoint(config, workdir, FLAGS.step)
 
 
 if __name__ == "__main__":

@@ -321,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   evaluator = None
   if config.eval_every_steps >= 0:
     from vqgan_jax import evaluate  # pylint: disable=g-import-not-at-top
-    evaluator = evaluate.TrainingEvaluator(config, model, mesh, lpips_params)
+    evaluator = evaluate.TrainingEvaluator(config, model, mesh)
 
   buffer, previous_metrics = [], None
   step = start_step
