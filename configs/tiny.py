@@ -24,7 +24,7 @@ def get_config(variant: str = ""):
 
   config.model.update(dict(
       ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=32,
-      z_channels=32, embed_dim=32, codebook_size=512))
+      z_channels=32, embed_dim=8, codebook_size=512, l2_normalize=True))
   config.discriminator.update(dict(num_layers=2, ndf=32))
   config.loss.update(dict(disc_start=750, disc_train_start=0, disc_weight=0.8))
   config.optimizer.update(dict(learning_rate=1e-3, warmup_steps=100))

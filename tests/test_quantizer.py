@@ -99,3 +99,19 @@ def test_lookup_and_init():
 def test_wrong_latent_width_is_a_clear_error():
   with pytest.raises(ValueError, match='last axis 8'):
     _apply(VectorQuantizer(16, 8), np.zeros((16, 8), np.float32), np.zeros((2, 4), np.float32))
+
+
+def test_l2_normalized_lookup_is_cosine_nearest_on_unit_vectors():
+  z, codebook = _problem(seed=3)
+  codebook *= np.random.RandomState(4).uniform(0.1, 10.0, size=(16, 1)).astype(np.float32)
+  quantizer = VectorQuantizer(16, 8, l2_normalize=True)
+  out = _apply(quantizer, codebook, z)
+  unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+  cosine = np.argmax(unit(z) @ unit(codebook).T, axis=-1)
+  np.testing.assert_array_equal(out.indices, cosine)
+  # The decoder sees unit code vectors, forward and from indices alike.
+  np.testing.assert_allclose(out.quantized, unit(codebook)[cosine], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(_apply(quantizer, codebook, out.indices, method='lookup'),
+                             unit(codebook)[cosine], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out.commitment_loss, np.mean((unit(codebook)[cosine] - unit(z))**2),
+                             rtol=1e-5)

@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
       codebook_size=16384,
       beta=0.25,
       legacy=True,
+      l2_normalize=False,
   ))
   config.discriminator = ml_collections.ConfigDict(dict(num_layers=3, ndf=64))
   config.loss = ml_collections.ConfigDict(dict(

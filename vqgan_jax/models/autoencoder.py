@@ -222,6 +222,7 @@ class VQModel(nn.Module):
   codebook_size: int = 1024
   beta: float = 0.25
   legacy: bool = True
+  l2_normalize: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -235,7 +236,8 @@ class VQModel(nn.Module):
                 dropout=self.dropout, dtype=self.dtype)
     self.encoder = Encoder(z_channels=self.z_channels, **arch)
     self.quant_conv = _conv(self.embed_dim, 1, self.dtype)
-    self.quantizer = VectorQuantizer(self.codebook_size, self.embed_dim, self.beta, self.legacy)
+    self.quantizer = VectorQuantizer(self.codebook_size, self.embed_dim, self.beta, self.legacy,
+                                     self.l2_normalize)
     self.post_quant_conv = _conv(self.z_channels, 1, self.dtype)
     self.decoder = Decoder(out_ch=self.out_ch, **arch)
 

@@ -46,11 +46,17 @@ class VectorQuantizer(nn.Module):
   `legacy=True` is taming's weighting (commitment weight 1, codebook weight beta), which the
   released taming checkpoints were trained with; `legacy=False` is the VQ-VAE paper's
   (codebook weight 1, commitment weight beta).
+
+  `l2_normalize=True` (not in taming; ViT-VQGAN, LlamaGen) unit-normalises latents and codes
+  before the lookup, so the nearest code is the one of highest cosine similarity and the
+  decoder sees unit vectors; with low-dimensional codes this keeps most of the codebook in use
+  where the Euclidean lookup collapses to a few codes.
   """
   codebook_size: int
   embed_dim: int
   beta: float = 0.25
   legacy: bool = True
+  l2_normalize: bool = False
 
   def setup(self):
     self.embedding = self.param('embedding', _taming_codebook_init,
@@ -60,10 +66,11 @@ class VectorQuantizer(nn.Module):
     if z.shape[-1] != self.embed_dim:
       raise ValueError(f'VectorQuantizer expects inputs with last axis {self.embed_dim}, '
                        f'got shape {z.shape}.')
-    z = z.astype(jnp.float32)
+    z = self._maybe_normalize(z.astype(jnp.float32))
+    codebook = self._maybe_normalize(self.embedding)
     flat = z.reshape(-1, self.embed_dim)
-    distances = (jnp.sum(flat**2, axis=1, keepdims=True) + jnp.sum(self.embedding**2, axis=1)
-                 - 2.0 * jnp.matmul(flat, self.embedding.T, precision=jax.lax.Precision.HIGHEST))
+    distances = (jnp.sum(flat**2, axis=1, keepdims=True) + jnp.sum(codebook**2, axis=1)
+                 - 2.0 * jnp.matmul(flat, codebook.T, precision=jax.lax.Precision.HIGHEST))
     indices = jnp.argmin(distances, axis=1).astype(jnp.int32)
     codes = self.lookup(indices).reshape(z.shape)
 
@@ -90,4 +97,9 @@ class VectorQuantizer(nn.Module):
 
   def lookup(self, indices: jax.Array) -> jax.Array:
     """Code vectors for integer `indices` of any shape: (..., embed_dim) float32."""
-    return jnp.take(self.embedding, indices, axis=0)
+    return self._maybe_normalize(jnp.take(self.embedding, indices, axis=0))
+
+  def _maybe_normalize(self, x: jax.Array) -> jax.Array:
+    if not self.l2_normalize:
+      return x
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x**2, axis=-1, keepdims=True), 1e-12))
