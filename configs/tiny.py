@@ -7,6 +7,9 @@
 32x32 random crops of the photos bundled with scikit-image and scikit-learn, a small f4 model
 (8x8 codes), LPIPS and the PatchGAN discriminator on. The discriminator learns from step 0 and
 reaches the generator after a warm-up, so the GAN term is trained before it is applied.
+taming's Euclidean lookup collapses at this scale (measured: perplexity 36 -> 10 in 100 steps
+with 512 32-d codes), so the codes are 8-d and l2-normalised (ViT-VQGAN / LlamaGen), which
+keeps ~100 codes per batch in use.
 """
 from vqgan_jax.config_defaults import base_config
 
@@ -14,19 +17,22 @@ from vqgan_jax.config_defaults import base_config
 def get_config(variant: str = ""):
   """The tiny recipe; `variant="test"` shrinks it further for the test suite."""
   config = base_config()
-  config.num_train_steps = 1500
+  config.num_train_steps = 1200
   config.batch_size = 8
   config.log_every_steps = 50
-  config.checkpoint_every_steps = 500
+  config.checkpoint_every_steps = 400
   config.eval_every_steps = 0  # At the end only.
   config.num_eval_images = -1
-  config.image_every_steps = 250
+  config.image_every_steps = 200
 
   config.model.update(dict(
       ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), resolution=32,
       z_channels=32, embed_dim=8, codebook_size=512, l2_normalize=True))
   config.discriminator.update(dict(num_layers=2, ndf=32))
-  config.loss.update(dict(disc_start=750, disc_train_start=0, disc_weight=0.8))
+  # At this scale the GAN term mostly adds colour noise (measured: 1500 steps with weight 0.8
+  # from step 750 ended at eval PSNR 17.5 / LPIPS 0.558 vs 18.1 / 0.504 after 600 steps
+  # without it), so it comes late and light.
+  config.loss.update(dict(disc_start=900, disc_train_start=0, disc_weight=0.1))
   config.optimizer.update(dict(learning_rate=1e-3, warmup_steps=100))
 
   config.data.source = "embedded"

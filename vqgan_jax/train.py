@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any
 
 import flax
@@ -23,10 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import periodic_actions
 
 from vqgan_jax import checkpoints, config_checks, input_pipeline, losses, optimizers, sharding
-from vqgan_jax import trainer_lib
+from vqgan_jax import trainer_lib, training_loop
 from vqgan_jax.models.autoencoder import VQModel
 from vqgan_jax.models.discriminator import NLayerDiscriminator
 from vqgan_jax.models.lpips import LPIPS, load_lpips_params
@@ -277,99 +275,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   tx, disc_tx, lr_schedule = build_optimizers(config)
   init = functools.partial(init_state, config=config, model=model, disc=disc, tx=tx,
                            disc_tx=disc_tx)
-  rng = jax.random.PRNGKey(config.seed)
-
-  checkpointer = checkpoints.Checkpointer(
-      workdir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints)
-  state, abstract_state, state_shardings = trainer_lib.create_sharded_state(
-      init, rng, mesh, config.param_sharding)
-  position = 0
-  if checkpointer.latest_step() is not None:
-    logging.info("Resuming from %s, step %d.", workdir, checkpointer.latest_step())
-    state, position = checkpointer.restore(abstract_state)
-  elif config.init_from:
-    state = _restore_init_from(state, config.init_from, state_shardings)
-  start_step = int(jax.device_get(state.step))
+  init_from = None
+  if config.init_from:
+    init_from = lambda state, shardings: _restore_init_from(state, config.init_from, shardings)
+  checkpointer, state, state_shardings, position = training_loop.create_or_restore(
+      init, config, workdir, mesh, init_from=init_from)
 
   replicated = sharding.replicated(mesh)
   lpips_params = jax.device_put(load_lpips_params(), replicated)
-  step_fn = jax.jit(
+  jitted_step = jax.jit(
       functools.partial(train_step, config=config, model=model, disc=disc, tx=tx,
                         disc_tx=disc_tx, lr_schedule=lr_schedule),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
       out_shardings=(state_shardings, replicated),
       donate_argnums=(0,))
 
-  process_count = jax.process_count()
-  local_batch_size = config.batch_size // process_count
-  train_iter = input_pipeline.create_train_iterator(
-      config, local_batch_size=local_batch_size, process_index=jax.process_index(),
-      process_count=process_count, start_position=position)
+  local_batch_size = config.batch_size // jax.process_count()
   eval_batch = next(iter(input_pipeline.create_eval_iterator(
       config, local_batch_size=local_batch_size, process_index=jax.process_index(),
-      process_count=process_count)))
-  reconstructor = Reconstructor(model, eval_batch["image"][:max(1, 8 // process_count)], mesh)
-
-  writer = trainer_lib.create_writer(workdir)
-  if start_step == 0:
-    writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
-  hooks = [periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)]
-  if jax.process_index() == 0 and config.profile_first_step >= 0:
-    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=3,
-                                          first_profile=config.profile_first_step))
-  preemption = trainer_lib.PreemptionWatcher(checkpointer)
-  evaluator = None
+      process_count=jax.process_count())))
+  reconstructor = Reconstructor(
+      model, eval_batch["image"][:max(1, 8 // jax.process_count())], mesh)
+  eval_fn = None
   if config.eval_every_steps >= 0:
     from vqgan_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluator = evaluate.TrainingEvaluator(config, model, mesh)
+    eval_fn = lambda state: evaluator.evaluate(state.ema_params or state.params)
 
-  buffer, previous_metrics = [], None
-  step = start_step
-  try:
-    while step < config.num_train_steps:
-      batch = next(train_iter)
-      position = int(batch["_position"])
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = step_fn(state, sharding.global_batch(batch, mesh), lpips_params)
-      step += 1
-      # The guard reads the previous step's counter, so dispatch is never blocked.
-      if previous_metrics is not None:
-        trainer_lib.check_finite_streak(previous_metrics, config.max_nonfinite_steps, step - 1)
-      previous_metrics = metrics
-      buffer.append(metrics)
-      for hook in hooks:
-        hook(step)
-      last = step == config.num_train_steps
-      if step % config.log_every_steps == 0 or last:
-        scalars = trainer_lib.mean_metrics(buffer)
-        scalars["data/skipped_files"] = float(input_pipeline.num_skipped_files())
-        writer.write_scalars(step, scalars)
-        buffer = []
-      if config.image_every_steps > 0 and (step % config.image_every_steps == 0 or last):
-        grid = reconstructor.grid(state.params)
-        writer.write_images(step, {"reconstructions": grid[None]})
-        if jax.process_index() == 0:
-          trainer_lib.save_png(os.path.join(workdir, "images", f"reconstructions_{step:08d}.png"), grid)
-      if evaluator is not None and (
-          (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or last):
-        writer.write_scalars(step, evaluator.evaluate(state.ema_params or state.params))
-      stop = preemption.should_stop(step)
-      if checkpointer.should_save(step) or last or stop:
-        streak = int(jax.device_get(metrics["nonfinite_streak"]))
-        trainer_lib.check_finite_streak(metrics, config.max_nonfinite_steps, step)
-        if streak and not (last or stop):
-          # Keep the last checkpoint written from a healthy step rather than rotating it out.
-          logging.warning("Step %d: skipping the periodic checkpoint, the last %d steps were "
-                          "non-finite.", step, streak)
-        else:
-          checkpointer.save(step, state, position, force=last or stop)
-      if stop:
-        logging.warning("Preempted: checkpoint for step %d written, exiting cleanly.", step)
-        break
-    trainer_lib.check_finite_streak(previous_metrics or {"nonfinite_streak": 0},
-                                    config.max_nonfinite_steps, step)
-  finally:
-    checkpointer.close()
-    writer.flush()
-    preemption.close()
-  return state
+  return training_loop.run(
+      config, workdir, mesh=mesh, state=state,
+      step_fn=lambda state, batch: jitted_step(state, batch, lpips_params),
+      train_iter=training_loop.train_iterator(config, position),
+      checkpointer=checkpointer,
+      images_fn=lambda state, step: {"reconstructions": reconstructor.grid(state.params)},
+      eval_fn=eval_fn)
