@@ -12,15 +12,16 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-MODES = ("train", "eval")
+MODES = ("train", "eval", "sample")
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and images go "
                     "(default: ./workdirs/<config name>).")
-flags.DEFINE_enum("mode", "train", MODES, "train: train the tokenizer (resuming from --workdir); "
-                  "eval: evaluate a checkpoint of --workdir on the eval split.")
-flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default: the latest).")
+flags.DEFINE_enum("mode", "train", MODES, "train: train the config's model, a tokenizer or a prior "
+                  "(resuming from --workdir); eval: evaluate a tokenizer checkpoint on the eval "
+                  "split; sample: draw images from a prior.")
+flags.DEFINE_integer("step", None, "--mode=eval/sample: the checkpoint step (default: the latest).")
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0, for multi-host runs outside TPU/SLURM auto-detection.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
@@ -63,12 +64,24 @@ def main(argv):
   logging.info("JAX process %d/%d, %d local / %d global devices (%s); workdir %s",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform, workdir)
-  if FLAGS.mode == "train":
+  stage = config.get("stage", "tokenizer")
+  if FLAGS.mode == "train" and stage == "prior":
+    from vqgan_jax import train_prior  # pylint: disable=g-import-not-at-top
+    train_prior.train_and_evaluate(config, workdir)
+  elif FLAGS.mode == "train":
     from vqgan_jax import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, workdir)
-  elif FLAGS.mode == "eval":
+  elif FLAGS.mode == "eval" and stage == "tokenizer":
     from vqgan_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluate.evaluate_checkpoint(config, workdir, FLAGS.step)
+  elif FLAGS.mode == "sample" and stage == "prior":
+    from vqgan_jax import sample  # pylint: disable=g-import-not-at-top
+    sample.sample_images(config, workdir, FLAGS.step)
+  else:
+    raise app.UsageError(
+        f"--mode={FLAGS.mode} does not apply to a {stage} config: tokenizers train and eval "
+        "(the eval loss of a prior is logged during training), priors train and sample "
+        "(sample FID: --config.sample.fid=True).")
 
 
 if __name__ == "__main__":
