@@ -131,3 +131,19 @@ def test_larger_grid_and_completion(config, tmp_path):
   assert result["grid_shape"] == [10, 12]
   assert Image.open(workdir / "samples" / "sample_00000.png").size == (24, 20)
   assert Image.open(workdir / "samples" / "completion.png").size == (2 * 16, 2 * 16)
+
+
+def test_image_conditional_prior_trains_and_samples(config, tmp_path, tokenizer_workdir):
+  """A low-resolution copy (8x8, tokenized by a second tokenizer) conditions the prior."""
+  config.conditioning = "image"
+  config.cond_tokenizer_workdir = tokenizer_workdir
+  config.cond_downsample = 2
+  config.num_train_steps = 2
+  config.sample.guidance_scale = 1.0
+  workdir = tmp_path / "prior"
+  train_prior.train_and_evaluate(config, str(workdir))
+  model = train_prior.build_model(config, train_prior.load_tokenizers(config), 0)
+  assert model.cond_len == 16 and model.cond_vocab_size == 64
+  result = sample.sample_images(config, str(workdir))
+  assert result["num_samples"] == 3
+  assert (workdir / "samples" / "conditions.png").exists()

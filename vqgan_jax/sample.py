@@ -7,7 +7,9 @@ Writes `sample_00000.png`, ... (one per image), `grid.png`, and `samples.json` (
 the tokens/s of the sampler and, with `config.sample.fid`, the sample FID against the eval split
 or `config.fid_reference_stats`). `config.sample.grid_shape` larger than the training grid
 samples larger images with taming's sliding window; `config.sample.completion=N` also writes
-`completion.png`: N eval images (top row), their bottom half resampled (bottom row).
+`completion.png`: N eval images (top row), their bottom half resampled (bottom row). With
+`conditioning='image'` the conditions are the first `num_samples` eval images (downsampled and
+tokenized as in training), shown above their samples in `conditions.png`.
 """
 from __future__ import annotations
 
@@ -56,10 +58,6 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str,
   tokenizers = train_prior.load_tokenizers(config)
   grid = train_prior.token_grid(config, tokenizers.model)
   num_classes = input_pipeline.num_classes(config) if config.conditioning == "class" else 0
-  if config.conditioning == "image":
-    raise NotImplementedError(
-        "--mode=sample with conditioning='image' needs condition images; use "
-        "config.sample.completion or vqgan_jax.sampling.sample(cond=codes) from Python.")
   model = train_prior.build_model(config, tokenizers, num_classes)
   params, step = _restore_params(workdir, step)
   replicated = sharding.replicated(sharding.create_mesh())
@@ -72,11 +70,19 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str,
   decode = jax.jit(tokenizers.decode)
   rng = jax.random.PRNGKey(s.seed)
   labels = _labels(config, num_classes, s.num_samples)
+  cond_images = None
+  if config.conditioning == "image":
+    if big_grid != grid:
+      raise ValueError("config.sample.grid_shape larger than the training grid is not supported "
+                       "with conditioning='image' from the command line.")
+    cond_images = _eval_images(config, s.num_samples)
 
   images, elapsed, tokens_drawn = [], 0.0, 0
   for start in range(0, s.num_samples, s.batch_size):
     n = min(s.batch_size, s.num_samples - start)
     cond = None if labels is None else jnp.asarray(labels[start:start + n])
+    if cond_images is not None:
+      cond = tokenizers.cond_codes(tokenizers.params, jnp.asarray(cond_images[start:start + n]))
     rng, key = jax.random.split(rng)
     t0 = time.perf_counter()
     if big_grid == grid:
@@ -100,6 +106,9 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str,
     rows[-1] = np.concatenate([rows[-1], np.zeros((per_row - len(rows[-1]),) + images.shape[1:],
                                                   np.uint8)])
   trainer_lib.save_png(os.path.join(out_dir, "grid.png"), trainer_lib.image_grid(rows))
+  if cond_images is not None:  # Which eval image conditioned each sample (same order).
+    trainer_lib.save_png(os.path.join(out_dir, "conditions.png"), trainer_lib.image_grid(
+        [trainer_lib.to_uint8(cond_images), images]))
 
   result = {"step": step, "num_samples": len(images), "grid_shape": list(big_grid),
             "use_cache": bool(s.use_cache), **_options(config),
@@ -114,6 +123,18 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str,
     json.dump(result, f, indent=2)
   logging.info("Wrote %d samples to %s: %s", len(images), out_dir, result)
   return result
+
+
+def _eval_images(config, n: int) -> np.ndarray:
+  """The first `n` images of the eval split (image conditioning of samples)."""
+  batches = input_pipeline.create_eval_iterator(config, local_batch_size=n, process_index=0,
+                                                process_count=1)
+  batch = next(iter(batches))
+  count = int(batch["mask"].sum())
+  if count < n:
+    raise ValueError(f"config.sample.num_samples={n} but the eval split has only {count} "
+                     "condition images.")
+  return np.asarray(batch["image"][:n])
 
 
 def _complete(config, model, params, tokenizers, grid, num_classes, out_dir) -> None:

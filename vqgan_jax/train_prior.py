@@ -248,9 +248,20 @@ class PriorSampler:
                                      temperature=config.sample.temperature,
                                      top_k=config.sample.top_k, top_p=config.sample.top_p)
     self._decode = jax.jit(tokenizers.decode)
+    self._cond_images = None
+    if config.conditioning == "image":  # Low-resolution copies of eval images condition samples.
+      batch = next(iter(input_pipeline.create_eval_iterator(
+          config, local_batch_size=self._n, process_index=0, process_count=1)))
+      self._cond_images = jnp.asarray(batch["image"][:self._n])
+      self._n = len(self._cond_images)
+      self._sample = functools.partial(self._sample, batch_size=self._n)
+      self._cond_codes = jax.jit(tokenizers.cond_codes)
 
   def grid(self, params, tok_params, rng) -> np.ndarray:
-    tokens = self._sample(params, rng, cond=self._cond)
+    cond = self._cond
+    if self._cond_images is not None:
+      cond = self._cond_codes(tok_params, self._cond_images)
+    tokens = self._sample(params, rng, cond=cond)
     images = self._decode(tok_params, tokens.reshape(-1, *self._grid))
     return trainer_lib.image_grid([trainer_lib.to_uint8(np.asarray(jax.device_get(images)))])
 

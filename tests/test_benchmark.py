@@ -1,0 +1,32 @@
+"""The benchmark runs on the tiny configs and reports every field (no timing assertions)."""
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+KEYS = ("train_step_seconds", "train_images_per_second", "train_step_flops",
+        "achieved_flops_per_second", "peak_matmul_flops_per_second", "fraction_of_peak",
+        "encode_images_per_second", "decode_images_per_second", "vq_lookup",
+        "sampling_tokens_per_second_kv", "sampling_tokens_per_second_naive", "device",
+        "batch_size", "image_size", "model")
+MODEL_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "embed_dim",
+              "codebook_size", "disc_layers")
+
+
+def test_benchmark_writes_every_field(tmp_path):
+  out = tmp_path / "bench.json"
+  subprocess.run(
+      [sys.executable, "-m", "vqgan_jax.benchmark", "--config=configs/tiny.py:test",
+       "--prior_config=configs/tiny_prior.py:test", f"--out={out}", "--warmup=1", "--runs=1",
+       "--vq_sizes=64,256", "--vq_tokens=512", "--matmul_size=256"],
+      cwd=REPO, check=True, timeout=600, capture_output=True)
+  results = json.loads(out.read_text())
+  for key in KEYS:
+    assert key in results, key
+  assert set(MODEL_KEYS) <= set(results["model"])
+  assert [r["codebook_size"] for r in results["vq_lookup"]] == [64, 256]
+  for key in KEYS:
+    if key not in ("vq_lookup", "device", "model", "image_size"):
+      assert results[key] > 0, key
+  assert results["train_step_flops"] > 1e6

@@ -1,0 +1,213 @@
+"""Speed of the tokenizer and the prior against the machine's own matmul peak.
+
+    python -m vqgan_jax.benchmark --config=configs/tiny.py [--prior_config=configs/tiny_prior.py] \
+        [--out=bench.json]
+
+Every number is the median of `--runs` timed calls after `--warmup` untimed ones (compilation
+excluded), on all local devices (the global batch sharded over them as in training). Prints a
+table and writes JSON with: train_step_seconds, train_images_per_second, train_step_flops (XLA
+cost analysis of the compiled step), achieved_flops_per_second, peak_matmul_flops_per_second
+(a large matmul measured in the same run: float32 on CPU, bfloat16 on GPU/TPU),
+fraction_of_peak, encode/decode_images_per_second, vq_lookup (seconds and XLA's peak bytes per
+codebook size at a fixed token count), sampling_tokens_per_second_kv / _naive, device,
+batch_size, image_size, model.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from vqgan_jax import sharding, train
+from vqgan_jax.models.lpips import load_lpips_params
+from vqgan_jax.models.quantizer import VectorQuantizer
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Tokenizer config (configs/*.py).",
+                                  lock_config=True)
+  config_flags.DEFINE_config_file("prior_config", None, "Optional prior config: adds sampling "
+                                  "tokens/s (random weights; speed does not depend on them).",
+                                  lock_config=True)
+  flags.DEFINE_string("out", None, "Write the results as JSON here.")
+  flags.DEFINE_integer("warmup", 2, "Untimed calls before timing.")
+  flags.DEFINE_integer("runs", 5, "Timed calls; the median is reported.")
+  flags.DEFINE_list("vq_sizes", ["1024", "4096", "16384", "65536"], "Codebook sizes to time.")
+  flags.DEFINE_integer("vq_tokens", 16384, "Tokens per quantizer lookup.")
+  flags.DEFINE_integer("matmul_size", 4096, "N of the N x N x N peak-measuring matmul.")
+  flags.mark_flags_as_required(["config"])
+
+
+def time_call(fn: Callable[[], Any], warmup: int, runs: int) -> float:
+  """Median seconds of `fn()` (blocked until ready) over `runs` after `warmup` calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(max(1, runs)):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", float("nan")))
+
+
+def peak_matmul(n: int, warmup: int, runs: int) -> float:
+  """FLOP/s of an n x n x n matmul in the fastest dtype for dense math on this platform."""
+  dtype = jnp.float32 if jax.devices()[0].platform == "cpu" else jnp.bfloat16
+  a = jnp.ones((n, n), dtype)
+  b = jnp.ones((n, n), dtype)
+  matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+  return 2.0 * n ** 3 / time_call(lambda: matmul(a, b), warmup, runs)
+
+
+def bench_train_step(config, warmup: int, runs: int) -> dict[str, float]:
+  mesh = sharding.create_mesh()
+  sharding.check_batch_divisible(config.batch_size, mesh)
+  model, disc = train.build_models(config)
+  tx, disc_tx, schedule = train.build_optimizers(config)
+  init = functools.partial(train.init_state, config=config, model=model, disc=disc, tx=tx,
+                           disc_tx=disc_tx)
+  shardings = sharding.tree_shardings(mesh, jax.eval_shape(init, jax.random.PRNGKey(0)),
+                                      config.param_sharding)
+  state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
+  h, w = train.image_shape(config)
+  images = np.random.default_rng(0).uniform(-1, 1, (config.batch_size, h, w, 3)).astype(np.float32)
+  batch = sharding.global_batch({"image": images}, mesh)
+  lpips_params = jax.device_put(load_lpips_params(), sharding.replicated(mesh))
+  step = jax.jit(functools.partial(train.train_step, config=config, model=model, disc=disc,
+                                   tx=tx, disc_tx=disc_tx, lr_schedule=schedule),
+                 donate_argnums=(0,))
+  compiled = step.lower(state, batch, lpips_params).compile()
+  holder = [state]
+
+  def one_step():
+    holder[0], metrics = compiled(holder[0], batch, lpips_params)
+    return metrics
+
+  seconds = time_call(one_step, warmup, runs)
+  flops = _flops(compiled)
+
+  params = holder[0].params
+  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode_to_indices"))
+  codes = encode(params, batch["image"])
+  decode = jax.jit(lambda p, c: model.apply({"params": p}, c, method="decode_indices"))
+  encode_s = time_call(lambda: encode(params, batch["image"]), warmup, runs)
+  decode_s = time_call(lambda: decode(params, codes), warmup, runs)
+  return {"train_step_seconds": seconds,
+          "train_images_per_second": config.batch_size / seconds,
+          "train_step_flops": flops,
+          "achieved_flops_per_second": flops / seconds,
+          "encode_images_per_second": config.batch_size / encode_s,
+          "decode_images_per_second": config.batch_size / decode_s}
+
+
+def bench_vq_lookup(embed_dim: int, sizes: list[int], tokens: int, warmup: int,
+                    runs: int) -> list[dict[str, float]]:
+  """Quantizer forward (distances, argmin, lookup, losses, statistics) as K grows."""
+  results = []
+  z = jax.random.normal(jax.random.PRNGKey(0), (tokens, embed_dim))
+  for k in sizes:
+    quantizer = VectorQuantizer(k, embed_dim)
+    params = quantizer.init(jax.random.PRNGKey(1), z)
+    fn = jax.jit(lambda p, x, q=quantizer: q.apply(p, x).indices)
+    compiled = fn.lower(params, z).compile()
+    memory = compiled.memory_analysis()
+    peak = None
+    if memory is not None:
+      peak = int(memory.temp_size_in_bytes + memory.argument_size_in_bytes
+                 + memory.output_size_in_bytes)
+    results.append({"codebook_size": k, "seconds": time_call(lambda: compiled(params, z),
+                                                            warmup, runs),
+                    "peak_bytes": peak})
+  return results
+
+
+def bench_sampling(prior_config, tokenizer_config, warmup: int, runs: int) -> dict[str, float]:
+  """Tokens/s of the prior sampler with and without the KV cache (random weights)."""
+  from vqgan_jax import sampling  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
+  h, w = train.image_shape(tokenizer_config)
+  factor = 2 ** (len(tokenizer_config.model.ch_mult) - 1)
+  model = Transformer(vocab_size=tokenizer_config.model.codebook_size,
+                      seq_len=(h // factor) * (w // factor), **prior_config.model.to_dict())
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, model.seq_len), jnp.int32))["params"]
+  batch = prior_config.sample.batch_size
+  out = {}
+  for name, use_cache in (("kv", True), ("naive", False)):
+    fn = functools.partial(sampling.sample, model, params, jax.random.PRNGKey(1),
+                           batch_size=batch, use_cache=use_cache)
+    seconds = time_call(fn, min(warmup, 1), max(1, min(runs, 3)))
+    out[f"sampling_tokens_per_second_{name}"] = batch * model.seq_len / seconds
+  return out
+
+
+def run_benchmark(config, prior_config=None, *, warmup: int = 2, runs: int = 5,
+                  vq_sizes=(1024, 4096, 16384, 65536), vq_tokens: int = 16384,
+                  matmul_size: int = 4096) -> dict[str, Any]:
+  results: dict[str, Any] = {
+      "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "batch_size": config.batch_size,
+      "image_size": list(train.image_shape(config)),
+      "dtype": config.dtype,
+      "model": {"ch": config.model.ch, "ch_mult": list(config.model.ch_mult),
+                "num_res_blocks": config.model.num_res_blocks,
+                "attn_resolutions": list(config.model.attn_resolutions),
+                "z_channels": config.model.z_channels, "embed_dim": config.model.embed_dim,
+                "codebook_size": config.model.codebook_size,
+                "disc_layers": config.discriminator.num_layers},
+  }
+  results["peak_matmul_flops_per_second"] = peak_matmul(matmul_size, warmup, runs)
+  results.update(bench_train_step(config, warmup, runs))
+  results["fraction_of_peak"] = (results["achieved_flops_per_second"]
+                                 / results["peak_matmul_flops_per_second"])
+  results["vq_lookup"] = bench_vq_lookup(config.model.embed_dim, list(vq_sizes), vq_tokens,
+                                         warmup, runs)
+  results["sampling_tokens_per_second_kv"] = None
+  results["sampling_tokens_per_second_naive"] = None
+  if prior_config is not None:
+    results.update(bench_sampling(prior_config, config, warmup, runs))
+  return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+  rows = [(k, v) for k, v in results.items() if k not in ("vq_lookup", "model")]
+  rows.append(("model", json.dumps(results["model"])))
+  lines = [f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}" for k, v in rows]
+  lines.append("vq_lookup (K, seconds, peak bytes):")
+  lines += [f"  {r['codebook_size']:>8d} {r['seconds']:.4g} {r['peak_bytes']}"
+            for r in results["vq_lookup"]]
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  results = run_benchmark(FLAGS.config, FLAGS.prior_config, warmup=FLAGS.warmup, runs=FLAGS.runs,
+                          vq_sizes=[int(k) for k in FLAGS.vq_sizes], vq_tokens=FLAGS.vq_tokens,
+                          matmul_size=FLAGS.matmul_size)
+  print(format_table(results))
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      json.dump(results, f, indent=2)
+    logging.info("Wrote %s", FLAGS.out)
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
