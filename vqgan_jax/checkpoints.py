@@ -111,7 +111,8 @@ def restore_raw_state(workdir: str, step: int | None = None) -> tuple[dict[str, 
   manager = ocp.CheckpointManager(
       checkpoint_dir(workdir),
       options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_names=("state", "data"))
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "data": ocp.JsonCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(
@@ -122,7 +123,15 @@ def restore_raw_state(workdir: str, step: int | None = None) -> tuple[dict[str, 
     raise FileNotFoundError(
         f"No checkpoint for step {step} under {checkpoint_dir(workdir)}; "
         f"available steps: {list(manager.all_steps())}.")
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  # Restore onto this process's first device, whatever topology wrote the checkpoint (a pod
+  # slice's checkpoint loads on a laptop).
+  metadata = manager.item_metadata(step)["state"]
+  metadata = getattr(metadata, "tree", metadata)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), metadata)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target)))
   manager.close()
   return restored["state"], step
 
