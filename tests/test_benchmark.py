@@ -19,13 +19,14 @@ def test_benchmark_writes_every_field(tmp_path):
   subprocess.run(
       [sys.executable, "-m", "vqgan_jax.benchmark", "--config=configs/tiny.py:test",
        "--prior_config=configs/tiny_prior.py:test", f"--out={out}", "--warmup=1", "--runs=1",
-       "--vq_sizes=64,256", "--vq_tokens=512", "--matmul_size=256"],
+       "--vq_sizes=64,256", "--vq_tokens=512", "--vq_chunk=128", "--matmul_size=256"],
       cwd=REPO, check=True, timeout=600, capture_output=True)
   results = json.loads(out.read_text())
   for key in KEYS:
     assert key in results, key
   assert set(MODEL_KEYS) <= set(results["model"])
-  assert [r["codebook_size"] for r in results["vq_lookup"]] == [64, 256]
+  assert [(r["codebook_size"], r["lookup_chunk_size"]) for r in results["vq_lookup"]] == [
+      (64, 0), (256, 0), (64, 128), (256, 128)]
   for key in KEYS:
     if key not in ("vq_lookup", "device", "model", "image_size"):
       assert results[key] > 0, key

@@ -115,3 +115,17 @@ def test_l2_normalized_lookup_is_cosine_nearest_on_unit_vectors():
                              unit(codebook)[cosine], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out.commitment_loss, np.mean((unit(codebook)[cosine] - unit(z))**2),
                              rtol=1e-5)
+
+
+@pytest.mark.parametrize('chunk', [7, 16, 1000])
+def test_chunked_lookup_gives_identical_indices_and_bounds_memory(chunk):
+  z, codebook = _problem(seed=5, shape=(2, 8, 8, 8), k=512)
+  full = _apply(VectorQuantizer(512, 8), codebook, z)
+  chunked = _apply(VectorQuantizer(512, 8, lookup_chunk_size=chunk), codebook, z)
+  np.testing.assert_array_equal(chunked.indices, full.indices)
+  np.testing.assert_allclose(chunked.loss, full.loss, rtol=1e-6)
+  if chunk < 128:  # 128 tokens: the chunked search never holds the 128 x 512 distances.
+    params = {'params': {'embedding': jnp.asarray(codebook)}}
+    temp = lambda q: jax.jit(lambda p, x: q.apply(p, x).indices).lower(
+        params, z).compile().memory_analysis().temp_size_in_bytes
+    assert temp(VectorQuantizer(512, 8, lookup_chunk_size=chunk)) < temp(VectorQuantizer(512, 8)) / 2

@@ -220,3 +220,20 @@ def test_unknown_config_key_is_an_error(config):
   config.lock()
   with pytest.raises(AttributeError):
     config.num_train_stepz = 3
+
+
+def test_train_step_makes_no_host_transfers(config):
+  """Inside the loop, the step runs on device arrays only (no implicit host<->device copies)."""
+  mesh1 = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:1])
+  model, disc = train.build_models(config)
+  tx, disc_tx, schedule = train.build_optimizers(config)
+  state = jax.device_put(_initial_state(config), sharding.replicated(mesh1))
+  batch = sharding.global_batch(_random_batch(config), mesh1)
+  lpips_params = jax.device_put(load_lpips_params(), sharding.replicated(mesh1))
+  step = jax.jit(functools.partial(train.train_step, config=config, model=model, disc=disc,
+                                   tx=tx, disc_tx=disc_tx, lr_schedule=schedule))
+  jax.block_until_ready(step(state, batch, lpips_params))  # Compile outside the guard.
+  with jax.transfer_guard("disallow"):
+    new_state, metrics = step(state, batch, lpips_params)
+    jax.block_until_ready((new_state, metrics))
+  assert int(jax.device_get(new_state.step)) == 1

@@ -44,6 +44,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("runs", 5, "Timed calls; the median is reported.")
   flags.DEFINE_list("vq_sizes", ["1024", "4096", "16384", "65536"], "Codebook sizes to time.")
   flags.DEFINE_integer("vq_tokens", 16384, "Tokens per quantizer lookup.")
+  flags.DEFINE_integer("vq_chunk", 2048, "Also time the chunked lookup with this many tokens per "
+                       "chunk (0: only the unchunked one).")
   flags.DEFINE_integer("matmul_size", 4096, "N of the N x N x N peak-measuring matmul.")
   flags.mark_flags_as_required(["config"])
 
@@ -118,12 +120,13 @@ def bench_train_step(config, warmup: int, runs: int) -> dict[str, float]:
 
 
 def bench_vq_lookup(embed_dim: int, sizes: list[int], tokens: int, warmup: int,
-                    runs: int) -> list[dict[str, float]]:
-  """Quantizer forward (distances, argmin, lookup, losses, statistics) as K grows."""
+                    runs: int, chunk: int = 0) -> list[dict[str, float]]:
+  """Quantizer forward (distances, argmin, lookup, losses, statistics) as K grows, unchunked
+  and (chunk > 0) with `lookup_chunk_size=chunk`."""
   results = []
   z = jax.random.normal(jax.random.PRNGKey(0), (tokens, embed_dim))
-  for k in sizes:
-    quantizer = VectorQuantizer(k, embed_dim)
+  for k, chunk_size in [(k, c) for c in sorted({0, chunk}) for k in sizes]:
+    quantizer = VectorQuantizer(k, embed_dim, lookup_chunk_size=chunk_size)
     params = quantizer.init(jax.random.PRNGKey(1), z)
     fn = jax.jit(lambda p, x, q=quantizer: q.apply(p, x).indices)
     compiled = fn.lower(params, z).compile()
@@ -132,8 +135,8 @@ def bench_vq_lookup(embed_dim: int, sizes: list[int], tokens: int, warmup: int,
     if memory is not None:
       peak = int(memory.temp_size_in_bytes + memory.argument_size_in_bytes
                  + memory.output_size_in_bytes)
-    results.append({"codebook_size": k, "seconds": time_call(lambda: compiled(params, z),
-                                                            warmup, runs),
+    results.append({"codebook_size": k, "lookup_chunk_size": chunk_size,
+                    "seconds": time_call(lambda: compiled(params, z), warmup, runs),
                     "peak_bytes": peak})
   return results
 
@@ -159,7 +162,7 @@ def bench_sampling(prior_config, tokenizer_config, warmup: int, runs: int) -> di
 
 def run_benchmark(config, prior_config=None, *, warmup: int = 2, runs: int = 5,
                   vq_sizes=(1024, 4096, 16384, 65536), vq_tokens: int = 16384,
-                  matmul_size: int = 4096) -> dict[str, Any]:
+                  vq_chunk: int = 2048, matmul_size: int = 4096) -> dict[str, Any]:
   results: dict[str, Any] = {
       "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "batch_size": config.batch_size,
@@ -177,7 +180,7 @@ def run_benchmark(config, prior_config=None, *, warmup: int = 2, runs: int = 5,
   results["fraction_of_peak"] = (results["achieved_flops_per_second"]
                                  / results["peak_matmul_flops_per_second"])
   results["vq_lookup"] = bench_vq_lookup(config.model.embed_dim, list(vq_sizes), vq_tokens,
-                                         warmup, runs)
+                                         warmup, runs, vq_chunk)
   results["sampling_tokens_per_second_kv"] = None
   results["sampling_tokens_per_second_naive"] = None
   if prior_config is not None:
@@ -189,9 +192,9 @@ def format_table(results: dict[str, Any]) -> str:
   rows = [(k, v) for k, v in results.items() if k not in ("vq_lookup", "model")]
   rows.append(("model", json.dumps(results["model"])))
   lines = [f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}" for k, v in rows]
-  lines.append("vq_lookup (K, seconds, peak bytes):")
-  lines += [f"  {r['codebook_size']:>8d} {r['seconds']:.4g} {r['peak_bytes']}"
-            for r in results["vq_lookup"]]
+  lines.append("vq_lookup (K, tokens per chunk (0: all), seconds, peak bytes):")
+  lines += [f"  {r['codebook_size']:>8d} {r['lookup_chunk_size']:>6d} {r['seconds']:.4g} "
+            f"{r['peak_bytes']}" for r in results["vq_lookup"]]
   return "\n".join(lines)
 
 
@@ -200,7 +203,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   results = run_benchmark(FLAGS.config, FLAGS.prior_config, warmup=FLAGS.warmup, runs=FLAGS.runs,
                           vq_sizes=[int(k) for k in FLAGS.vq_sizes], vq_tokens=FLAGS.vq_tokens,
-                          matmul_size=FLAGS.matmul_size)
+                          vq_chunk=FLAGS.vq_chunk, matmul_size=FLAGS.matmul_size)
   print(format_table(results))
   if FLAGS.out:
     with open(FLAGS.out, "w") as f:

@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
       beta=0.25,
       legacy=True,
       l2_normalize=False,
+      lookup_chunk_size=0,
   ))
   config.discriminator = ml_collections.ConfigDict(dict(num_layers=3, ndf=64))
   config.loss = ml_collections.ConfigDict(dict(

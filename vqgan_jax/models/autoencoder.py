@@ -223,6 +223,7 @@ class VQModel(nn.Module):
   beta: float = 0.25
   legacy: bool = True
   l2_normalize: bool = False
+  lookup_chunk_size: int = 0
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -237,7 +238,7 @@ class VQModel(nn.Module):
     self.encoder = Encoder(z_channels=self.z_channels, **arch)
     self.quant_conv = _conv(self.embed_dim, 1, self.dtype)
     self.quantizer = VectorQuantizer(self.codebook_size, self.embed_dim, self.beta, self.legacy,
-                                     self.l2_normalize)
+                                     self.l2_normalize, self.lookup_chunk_size)
     self.post_quant_conv = _conv(self.z_channels, 1, self.dtype)
     self.decoder = Decoder(out_ch=self.out_ch, **arch)
 

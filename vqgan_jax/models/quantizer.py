@@ -51,12 +51,17 @@ class VectorQuantizer(nn.Module):
   before the lookup, so the nearest code is the one of highest cosine similarity and the
   decoder sees unit vectors; with low-dimensional codes this keeps most of the codebook in use
   where the Euclidean lookup collapses to a few codes.
+
+  `lookup_chunk_size=C > 0` searches the nearest code C tokens at a time (`lax.map`), so the
+  distance matrix held at once is C x K instead of N x K (N tokens in the batch): memory stays
+  bounded for large codebooks. Indices are identical either way.
   """
   codebook_size: int
   embed_dim: int
   beta: float = 0.25
   legacy: bool = True
   l2_normalize: bool = False
+  lookup_chunk_size: int = 0
 
   def setup(self):
     self.embedding = self.param('embedding', _taming_codebook_init,
@@ -69,9 +74,17 @@ class VectorQuantizer(nn.Module):
     z = self._maybe_normalize(z.astype(jnp.float32))
     codebook = self._maybe_normalize(self.embedding)
     flat = z.reshape(-1, self.embed_dim)
-    distances = (jnp.sum(flat**2, axis=1, keepdims=True) + jnp.sum(codebook**2, axis=1)
-                 - 2.0 * jnp.matmul(flat, codebook.T, precision=jax.lax.Precision.HIGHEST))
-    indices = jnp.argmin(distances, axis=1).astype(jnp.int32)
+    code_norms = jnp.sum(codebook**2, axis=1)
+
+    def nearest(vectors):
+      distances = (jnp.sum(vectors**2, axis=-1, keepdims=True) + code_norms - 2.0 * jnp.matmul(
+          vectors, codebook.T, precision=jax.lax.Precision.HIGHEST))
+      return jnp.argmin(distances, axis=-1).astype(jnp.int32)
+
+    if 0 < self.lookup_chunk_size < flat.shape[0]:
+      indices = jax.lax.map(nearest, flat, batch_size=self.lookup_chunk_size)
+    else:
+      indices = nearest(flat)
     codes = self.lookup(indices).reshape(z.shape)
 
     sg = jax.lax.stop_gradient
