@@ -15,6 +15,7 @@ set --config.batch_size and --config.optimizer.learning_rate=4.5e-6*BATCH.
 Data: TFDS `imagenet2012`, prepared from the manual download (set
 --config.data.tfds_manual_dir to the folder holding ILSVRC2012_img_{train,val}.tar).
 """
+from vqgan_jax import input_pipeline
 from vqgan_jax.config_defaults import base_config
 
 
@@ -36,11 +37,5 @@ def get_config():
   config.loss.update(dict(disc_start=250_001, disc_weight=0.8, codebook_weight=1.0))
   config.optimizer.update(dict(learning_rate=4.5e-6 * 256, warmup_steps=5000))
 
-  config.data.source = "tfds"
-  config.data.tfds_name = "imagenet2012"
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  config.data.image_size = 256
-  config.data.resize_size = 256
-  config.data.random_flip = True
+  config.data = input_pipeline.imagenet_data_config(256)
   return config

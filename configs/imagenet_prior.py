@@ -10,6 +10,7 @@ GPT-2-medium-sized 24 x 1024 (about 330M parameters) that fits a v4-32/v5e-32 sl
 scale `model.*` up to taming's size on larger slices. Global batch 256, AdamW (0.9, 0.95),
 warmup + cosine, label dropout 0.1 for classifier-free guidance.
 """
+from vqgan_jax import input_pipeline
 from vqgan_jax.prior_config_defaults import base_prior_config
 
 
@@ -30,12 +31,7 @@ def get_config():
   config.model.update(dict(num_layers=24, num_heads=16, embed_dim=1024, dropout=0.0))
   config.optimizer.update(dict(learning_rate=4.5e-4, warmup_steps=5000, weight_decay=0.05,
                                grad_clip_norm=1.0))
-  config.data.source = "tfds"
-  config.data.tfds_name = "imagenet2012"
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  config.data.image_size = 256
-  config.data.resize_size = 256
+  config.data = input_pipeline.imagenet_data_config(256)
   config.sample.update(dict(num_samples=50_000, batch_size=256, top_k=0, top_p=1.0,
                             guidance_scale=1.5, fid=True))
   return config

@@ -11,6 +11,7 @@ then evaluate or fine-tune it:
     python -m vqgan_jax.main --config=configs/taming_f16.py:16384 --workdir=workdirs/ft_16384 \
         --config.init_from=workdirs/taming_16384
 """
+from vqgan_jax import input_pipeline
 from vqgan_jax.config_defaults import base_config
 
 LOSSES = {
@@ -32,11 +33,5 @@ def get_config(codebook: str = "16384"):
   config.loss.update(dict(disc_start=loss["disc_start"], disc_weight=loss["disc_weight"],
                           codebook_weight=1.0))
   config.optimizer.update(dict(learning_rate=4.5e-6 * 256, warmup_steps=1000))
-  config.data.source = "tfds"
-  config.data.tfds_name = "imagenet2012"
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  config.data.image_size = 256
-  config.data.resize_size = 256
-  config.data.random_flip = True
+  config.data = input_pipeline.imagenet_data_config(256)
   return config

@@ -88,6 +88,16 @@ def default_data_config() -> ml_collections.ConfigDict:
   ))
 
 
+def imagenet_data_config(image_size: int = 256) -> ml_collections.ConfigDict:
+  """TFDS `imagenet2012` at `image_size` (shorter side resized to it, then cropped), as the
+  ImageNet configs use; `--config.data.tfds_manual_dir` points at the downloaded tars."""
+  data = default_data_config()
+  data.update(dict(source="tfds", tfds_name="imagenet2012", train_split="train",
+                   eval_split="validation", image_size=image_size, resize_size=image_size,
+                   random_flip=True))
+  return data
+
+
 def crop_shape(image_size) -> tuple[int, int]:
   """`config.data.image_size` as (height, width); ValueError unless positive."""
   shape = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)

@@ -1,0 +1,39 @@
+"""Every shipped config loads, is consistent, and locks against misspelt keys."""
+import pytest
+
+from conftest import load_config
+from vqgan_jax import config_checks, input_pipeline
+
+TOKENIZER_CONFIGS = [("tiny", ""), ("tiny", "test"), ("imagenet", ""), ("taming_f16", "1024"),
+                     ("taming_f16", "16384")]
+PRIOR_CONFIGS = [("tiny_prior", ""), ("tiny_prior", "test"), ("imagenet_prior", "")]
+
+
+@pytest.mark.parametrize("name, variant", TOKENIZER_CONFIGS)
+def test_tokenizer_configs_are_consistent(name, variant):
+  config = load_config(name, variant)
+  assert config.get("stage", "tokenizer") == "tokenizer"
+  config_checks.validate_model_config(config.model, config.data.image_size)
+  config_checks.validate_eval_config(config)
+  assert config.batch_size % 8 == 0 or config.batch_size in (1, 2, 4)
+
+
+@pytest.mark.parametrize("name, variant", PRIOR_CONFIGS)
+def test_prior_configs_are_consistent(name, variant):
+  config = load_config(name, variant)
+  assert config.stage == "prior" and config.tokenizer_workdir
+  assert config.model.embed_dim % config.model.num_heads == 0
+  input_pipeline.crop_shape(config.data.image_size)
+
+
+@pytest.mark.parametrize("name, variant", [("imagenet", ""), ("imagenet_prior", ""),
+                                           ("taming_f16", "16384")])
+def test_imagenet_configs_read_imagenet2012_at_256(name, variant):
+  data = load_config(name, variant).data
+  assert (data.source, data.tfds_name, data.image_size, data.eval_split) == (
+      "tfds", "imagenet2012", 256, "validation")
+
+
+def test_unknown_variant_is_an_error():
+  with pytest.raises(ValueError, match="variant"):
+    load_config("tiny", "huge")
