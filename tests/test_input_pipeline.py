@@ -300,3 +300,12 @@ def test_validate_rejects_a_folder_without_images(tmp_path):
   (tmp_path / "notes.txt").write_text("no images here")
   with pytest.raises(ValueError, match="No images"):
     input_pipeline.validate_data_config(_folder_config(tmp_path))
+
+
+def test_folder_of_only_undecodable_files_is_an_error_not_a_hang(tmp_path):
+  for i in range(3):
+    (tmp_path / f"broken_{i}.jpg").write_bytes(b"not an image at all")
+  config = _folder_config(tmp_path, folder_eval_fraction=0.3)
+  with pytest.raises(ValueError, match="can be decoded"):
+    input_pipeline.create_train_iterator(config, local_batch_size=2, process_index=0,
+                                         process_count=1)

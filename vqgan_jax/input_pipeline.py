@@ -215,6 +215,8 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, local_batch_size
   if source.num_train == 0:
     raise ValueError(f"Process {process_index} of {process_count} has no training images; "
                      "use a dataset with at least one training image per process.")
+  if hasattr(source, "check_decodable"):
+    source.check_decodable()
   dataset = pipeline.train_dataset(source, settings, local_batch_size=local_batch_size,
                                    start_position=start_position)
   return TrainIterator(dataset.as_numpy_iterator(), start_position, source.describe_train)

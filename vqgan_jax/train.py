@@ -67,8 +67,8 @@ def build_optimizers(config: ml_collections.ConfigDict):
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  size = config.data.image_size
-  return (size, size) if isinstance(size, int) else tuple(size)
+  """(height, width) of the training crops."""
+  return input_pipeline.crop_shape(config.data.image_size)
 
 
 def init_state(rng: jax.Array, *, config, model, disc, tx, disc_tx) -> TrainState:

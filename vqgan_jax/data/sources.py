@@ -82,6 +82,21 @@ class FolderSource(_FileEval):
     epoch, index = divmod(position, self.num_train)
     return self._train_paths[int(self._order(epoch).numpy()[index])]
 
+  def check_decodable(self, max_attempts: int = 256) -> None:
+    """Raises unless one of this host's first `max_attempts` train files decodes: a folder of
+    only undecodable files would otherwise make the train stream skip forever."""
+    for path in self._train_paths[:max_attempts]:
+      try:
+        preprocess.decode_rgb(tf.io.read_file(path))
+        return
+      except (tf.errors.OpError, ValueError):
+        continue
+    tried = min(max_attempts, len(self._train_paths))
+    raise ValueError(
+        f"None of the first {tried} training files of process {self.settings.process_index} "
+        f"can be decoded as an image (e.g. {self._train_paths[0]}); check "
+        "config.data.folder (JPEG, PNG, GIF or BMP files are read).")
+
   def describe_eval(self, index: int) -> str:
     return self._eval_paths[index]
 
