@@ -107,7 +107,7 @@ class Checkpointer:
 
 
 def restore_raw_state(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
-  """Restores a checkpoint's `state` item as nested dicts of arrays (no target structure)."""
+  """Restores a checkpoint's `state` item as nested dicts of numpy arrays (no target needed)."""
   manager = ocp.CheckpointManager(
       checkpoint_dir(workdir),
       options=ocp.CheckpointManagerOptions(read_only=True, create=False),
@@ -133,7 +133,8 @@ def restore_raw_state(workdir: str, step: int | None = None) -> tuple[dict[str, 
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target)))
   manager.close()
-  return restored["state"], step
+  # Host arrays: callers place them (a committed single-device array would clash with a mesh).
+  return jax.device_get(restored["state"]), step
 
 
 def write_config(workdir: str, config_dict: dict[str, Any]) -> None:
