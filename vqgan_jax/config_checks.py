@@ -32,6 +32,58 @@ def validate_model_config(model: ml_collections.ConfigDict, image_size) -> None:
           f"{GROUPNORM_GROUPS}.")
 
 
+def validate_quantizer_config(model: ml_collections.ConfigDict, loss=None) -> None:
+  """The bottleneck options are known and consistent with codebook_size."""
+  import math  # pylint: disable=g-import-not-at-top
+  kinds = ("vq", "fsq", "lfq")
+  if model.quantizer_type not in kinds:
+    raise ValueError(f"config.model.quantizer_type={model.quantizer_type!r}; use one of {kinds}.")
+  if model.quantizer_type == "fsq":
+    levels = tuple(model.fsq_levels)
+    if not levels or min(levels) < 2:
+      raise ValueError(f"config.model.fsq_levels={levels}: FSQ needs levels >= 2 per channel, "
+                       "e.g. (8, 5, 5, 5) for 1000 codes or (4, 4, 4, 4, 4) for 1024.")
+    if math.prod(levels) != model.codebook_size:
+      raise ValueError(f"config.model.fsq_levels={levels} give {math.prod(levels)} codes; set "
+                       f"--config.model.codebook_size={math.prod(levels)}.")
+  if model.quantizer_type == "lfq" and (model.codebook_size < 2 or
+                                        model.codebook_size & (model.codebook_size - 1)):
+    raise ValueError(f"config.model.codebook_size={model.codebook_size}: LFQ needs a power of "
+                     "two (2^bits codes), e.g. 1024.")
+  from vqgan_jax.models import quantizer  # pylint: disable=g-import-not-at-top
+  if model.codebook_init not in quantizer.CODEBOOK_INITS:
+    raise ValueError(f"config.model.codebook_init={model.codebook_init!r}; use one of "
+                     f"{quantizer.CODEBOOK_INITS}.")
+  if not 0.0 <= model.ema_decay < 1.0:
+    raise ValueError(f"config.model.ema_decay={model.ema_decay} must be in [0, 1) "
+                     "(0: learn the codebook by its loss, as taming).")
+  if model.usage_window_steps <= 0:
+    raise ValueError(f"config.model.usage_window_steps={model.usage_window_steps} must be "
+                     "positive.")
+  uses_codebook_state = model.ema_decay > 0 or model.codebook_init != "uniform" or (
+      model.restart_unused_steps > 0)
+  if model.quantizer_type != "vq" and (uses_codebook_state or model.codebook_dim):
+    raise ValueError(f"config.model.quantizer_type={model.quantizer_type!r} has no learned "
+                     "codebook: ema_decay, codebook_init, restart_unused_steps and codebook_dim "
+                     "apply to 'vq' only; reset them to their defaults.")
+  buffer = model.buffer_size or 4 * model.codebook_size
+  if model.codebook_init == "kmeans++" and buffer < model.codebook_size:
+    raise ValueError(f"config.model.buffer_size={model.buffer_size} is smaller than "
+                     f"codebook_size={model.codebook_size}: k-means++ needs at least as many "
+                     "encoder outputs as codes; use 0 (4 * codebook_size).")
+  if loss is not None and loss.entropy_weight > 0:
+    if model.entropy_temperature <= 0:
+      raise ValueError(f"config.loss.entropy_weight={loss.entropy_weight} needs "
+                       "config.model.entropy_temperature > 0 (e.g. 0.01): the quantizer only "
+                       "computes the entropy terms when it has a temperature.")
+    if model.quantizer_type == "fsq":
+      raise ValueError("config.loss.entropy_weight applies to 'vq' and 'lfq'; FSQ has no "
+                       "soft assignment. Set it to 0.")
+    if loss.entropy_schedule not in losses.ENTROPY_SCHEDULES:
+      raise ValueError(f"config.loss.entropy_schedule={loss.entropy_schedule!r}; use one of "
+                       f"{losses.ENTROPY_SCHEDULES}.")
+
+
 def validate_eval_config(config: ml_collections.ConfigDict) -> None:
   """Known evaluator names and an existing reference-statistics file."""
   from vqgan_jax import evaluators  # pylint: disable=g-import-not-at-top
@@ -66,5 +118,6 @@ def validate_tokenizer_config(config: ml_collections.ConfigDict, mesh: Mesh) -> 
     raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1) (0 disables EMA).")
   validate_eval_config(config)
   validate_model_config(config.model, config.data.image_size)
+  validate_quantizer_config(config.model, config.loss)
   sharding.check_batch_divisible(config.batch_size, mesh)
   input_pipeline.validate_data_config(config)

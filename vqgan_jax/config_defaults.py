@@ -27,14 +27,21 @@ Top level
                           (fine-tuning); ignored when WORKDIR already has a checkpoint.
   profile_first_step      Step at which to capture a profiler trace (-1: never).
 
-model            VQModel fields (see vqgan_jax.models.autoencoder.VQModel).
+model            VQModel fields (see vqgan_jax.models.autoencoder.VQModel); the bottleneck:
+                 quantizer_type ('vq' | 'fsq' | 'lfq'), fsq_levels, and for 'vq' the codebook
+                 options l2_normalize, codebook_dim, ema_decay, ema_epsilon, codebook_init
+                 ('uniform' | 'random_outputs' | 'kmeans++'), kmeans_iterations,
+                 restart_unused_steps, buffer_size, entropy_temperature (also 'lfq'),
+                 usage_window_steps (see vqgan_jax.models.quantizer.VectorQuantizer).
 discriminator    PatchGAN depth (`num_layers`) and width (`ndf`).
 loss             reconstruction ('l1' | 'l2'), perceptual_weight, codebook_weight,
                  gan_loss ('hinge' | 'vanilla' | 'non_saturating'), disc_weight (times the
                  adaptive weight), adaptive_weight (False: use disc_weight alone), disc_factor,
                  disc_start (step at which the GAN loss reaches the generator),
                  disc_train_start (step at which the discriminator starts learning; -1: same as
-                 disc_start, as taming).
+                 disc_start, as taming), entropy_weight (quantizer entropy penalty; needs
+                 model.entropy_temperature > 0), entropy_schedule ('constant' | 'linear' |
+                 'cosine' decay to 0 over entropy_decay_steps), entropy_warmup_steps.
 optimizer        learning_rate, disc_learning_rate (-1: same), b1, b2 (Adam), warmup_steps,
                  schedule ('constant' | 'cosine'), grad_clip_norm (0: off), weight_decay.
 data             See vqgan_jax.input_pipeline.
@@ -83,6 +90,17 @@ def base_config() -> ml_collections.ConfigDict:
       legacy=True,
       l2_normalize=False,
       lookup_chunk_size=0,
+      quantizer_type="vq",
+      fsq_levels=(),
+      codebook_dim=0,
+      ema_decay=0.0,
+      ema_epsilon=1e-5,
+      codebook_init="uniform",
+      kmeans_iterations=5,
+      restart_unused_steps=0,
+      buffer_size=0,
+      entropy_temperature=0.0,
+      usage_window_steps=100,
   ))
   config.discriminator = ml_collections.ConfigDict(dict(num_layers=3, ndf=64))
   config.loss = ml_collections.ConfigDict(dict(
@@ -95,6 +113,10 @@ def base_config() -> ml_collections.ConfigDict:
       disc_factor=1.0,
       disc_start=250_001,
       disc_train_start=-1,
+      entropy_weight=0.0,
+      entropy_schedule="constant",
+      entropy_warmup_steps=0,
+      entropy_decay_steps=0,
   ))
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=4.5e-6 * 8,

@@ -4,13 +4,17 @@ The generator objective is
     nll + disc_factor * lambda * g + codebook_weight * quantizer_loss,
 with nll = mean|x - x_hat| + perceptual_weight * mean LPIPS(x, x_hat), g = generator GAN loss, and
 lambda the adaptive weight |grad_W nll| / (|grad_W g| + 1e-4) at the decoder's last conv kernel W.
-The trainer computes the two kernel gradients from its single forward pass (`adaptive_weight`
+An optional entropy penalty of the quantizer adds entropy_weight(step) * (sample entropy -
+codebook entropy). The trainer computes the two kernel gradients from its single forward pass (`adaptive_weight`
 takes them as inputs), so no loss here runs a network.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+import optax
 
 RECONSTRUCTION_LOSSES = ("l1", "l2")
 GAN_LOSSES = ("hinge", "vanilla", "non_saturating")
@@ -72,3 +76,30 @@ def adaptive_weight(nll_grad: jax.Array, gan_grad: jax.Array, disc_weight: float
 def gated_factor(step: jax.Array, start: int, factor: float = 1.0) -> jax.Array:
   """`factor` from `start` on, 0 before: taming's adopt_weight, traced (no recompiles)."""
   return jnp.where(step >= start, jnp.float32(factor), jnp.float32(0.0))
+
+
+ENTROPY_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def entropy_weight_schedule(loss_config) -> Callable[[jax.Array], jax.Array]:
+  """Weight of the quantizer's entropy penalty at each step (an optax schedule).
+
+  Linear warm-up from 0 over `entropy_warmup_steps`, then `entropy_schedule`: 'constant'
+  keeps `entropy_weight`; 'linear' / 'cosine' decay it to 0 over `entropy_decay_steps`
+  (the penalty spreads codes early, then lets reconstruction take over).
+  """
+  weight = float(loss_config.entropy_weight)
+  warmup, decay = int(loss_config.entropy_warmup_steps), int(loss_config.entropy_decay_steps)
+  kind = loss_config.entropy_schedule
+  if kind == "constant":
+    after = optax.constant_schedule(weight)
+  elif kind == "linear":
+    after = optax.linear_schedule(weight, 0.0, max(decay, 1))
+  elif kind == "cosine":
+    after = optax.cosine_decay_schedule(weight, max(decay, 1))
+  else:
+    raise ValueError(f"config.loss.entropy_schedule={kind!r}; use one of {ENTROPY_SCHEDULES}.")
+  if warmup <= 0:
+    return lambda step: jnp.asarray(after(step), jnp.float32)
+  joined = optax.join_schedules([optax.linear_schedule(0.0, weight, warmup), after], [warmup])
+  return lambda step: jnp.asarray(joined(step), jnp.float32)

@@ -28,6 +28,8 @@ from vqgan_jax import trainer_lib, training_loop
 from vqgan_jax.models.autoencoder import VQModel
 from vqgan_jax.models.discriminator import NLayerDiscriminator
 from vqgan_jax.models.lpips import LPIPS, load_lpips_params
+from vqgan_jax.models.quantizer import STATE as CODEBOOK_STATE
+from vqgan_jax.models.quantizer import apply_codebook_overrides
 
 
 @flax.struct.dataclass
@@ -40,6 +42,7 @@ class TrainState:
   disc_batch_stats: Any
   disc_opt_state: Any
   ema_params: Any
+  codebook_state: Any
   rng: jax.Array
   nonfinite_streak: jax.Array
   skipped_steps: jax.Array
@@ -74,7 +77,8 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
 def init_state(rng: jax.Array, *, config, model, disc, tx, disc_tx) -> TrainState:
   g_rng, d_rng, state_rng = jax.random.split(rng, 3)
   dummy = jnp.zeros((1, *image_shape(config), 3), jnp.float32)
-  params = model.init({"params": g_rng}, dummy)["params"]
+  variables = model.init({"params": g_rng}, dummy)
+  params = variables["params"]
   disc_vars = disc.init({"params": d_rng}, dummy, train=False)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -84,6 +88,7 @@ def init_state(rng: jax.Array, *, config, model, disc, tx, disc_tx) -> TrainStat
       disc_batch_stats=disc_vars["batch_stats"],
       disc_opt_state=disc_tx.init(disc_vars["params"]),
       ema_params=params if config.ema_decay > 0 else {},
+      codebook_state=variables.get(CODEBOOK_STATE, {}),
       rng=state_rng,
       nonfinite_streak=jnp.zeros((), jnp.int32),
       skipped_steps=jnp.zeros((), jnp.int32),
@@ -120,14 +125,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
   step = state.step
   rng = jax.random.fold_in(state.rng, step)
 
-  # Generator: one forward, kept as a vjp.
+  # Generator: one forward, kept as a vjp. The quantizer updates its own statistics (usage
+  # window, EMA, data init, restarts) in the mutable codebook_state collection.
   def generator(params):
-    (recon, qout), inter = model.apply(
-        {"params": params}, images, train=True, rngs={"dropout": rng}, mutable=["intermediates"])
-    h = inter["intermediates"]["decoder"]["conv_out_input"][0]
-    return (recon.astype(jnp.float32), qout.loss), (qout, h)
+    (recon, qout), updated = model.apply(
+        {"params": params, CODEBOOK_STATE: state.codebook_state}, images, train=True,
+        rngs={"dropout": rng, "codebook": jax.random.fold_in(rng, 1)},
+        mutable=["intermediates", CODEBOOK_STATE])
+    h = updated["intermediates"]["decoder"]["conv_out_input"][0]
+    aux = (qout, h, updated.get(CODEBOOK_STATE, {}))
+    return (recon.astype(jnp.float32), qout.loss, qout.entropy_loss), aux
 
-  (recon, q_loss), gen_pullback, (qout, conv_in) = jax.vjp(generator, state.params, has_aux=True)
+  (recon, q_loss, entropy_loss), gen_pullback, (qout, conv_in, codebook_state) = jax.vjp(
+      generator, state.params, has_aux=True)
 
   # Reconstruction + perceptual loss and its gradient w.r.t. the reconstruction.
   def nll_fn(x_hat):
@@ -169,15 +179,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
   d_start = lc.disc_start if lc.disc_train_start < 0 else lc.disc_train_start
   d_factor = losses.gated_factor(step, d_start, lc.disc_factor)
 
+  entropy_weight = losses.entropy_weight_schedule(lc)(step)
   recon_cotangent = nll_grad_x + g_factor * lam * g_grad_x
-  (g_grads,) = gen_pullback((recon_cotangent, jnp.float32(lc.codebook_weight)))
-  g_total = nll + g_factor * lam * g_loss + lc.codebook_weight * q_loss
+  (g_grads,) = gen_pullback((recon_cotangent, jnp.float32(lc.codebook_weight), entropy_weight))
+  g_total = (nll + g_factor * lam * g_loss + lc.codebook_weight * q_loss
+             + entropy_weight * entropy_loss)
   d_loss = d_factor * (d_loss_real + d_loss_fake)
   d_grads = jax.tree.map(lambda a, b: d_factor * (a + b), d_grad_real, d_grad_fake)
 
   # Updates, then the non-finite guard: a bad step leaves every parameter as it was.
   g_updates, opt_state = tx.update(g_grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, g_updates)
+  params = apply_codebook_overrides(optax.apply_updates(state.params, g_updates), codebook_state)
   d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
   disc_params = optax.apply_updates(state.disc_params, d_updates)
   train_disc = d_factor > 0  # Before its start the discriminator (and its Adam) stays put.
@@ -188,9 +200,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
   finite = jnp.isfinite(g_total) & jnp.isfinite(d_loss) & jnp.isfinite(g_grad_norm) & (
       jnp.isfinite(d_grad_norm))
   new = dict(params=params, opt_state=opt_state, disc_params=disc_params,
-             disc_opt_state=disc_opt_state, disc_batch_stats=stats_fake)
+             disc_opt_state=disc_opt_state, disc_batch_stats=stats_fake,
+             codebook_state=codebook_state)
   old = dict(params=state.params, opt_state=state.opt_state, disc_params=state.disc_params,
-             disc_opt_state=state.disc_opt_state, disc_batch_stats=state.disc_batch_stats)
+             disc_opt_state=state.disc_opt_state, disc_batch_stats=state.disc_batch_stats,
+             codebook_state=state.codebook_state)
   kept = _select(finite, new, old)
   ema_params = state.ema_params
   if config.ema_decay > 0:
@@ -218,8 +232,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
       "gan/discriminator_factor": d_factor,
       "gan/logits_real": jnp.mean(logits_real),
       "gan/logits_fake": jnp.mean(logits_fake),
+      "loss/entropy": entropy_loss,
+      "loss/entropy_weight": entropy_weight,
       "codebook/usage": qout.usage,
       "codebook/perplexity": qout.perplexity,
+      "codebook/window_usage": qout.window_usage,
+      "codebook/dead_codes": qout.dead_codes,
+      "codebook/restarts": qout.restarts,
+      "codebook/sample_entropy": qout.sample_entropy,
+      "codebook/codebook_entropy": qout.codebook_entropy,
       "grad_norm/generator": g_grad_norm,
       "grad_norm/discriminator": d_grad_norm,
       "learning_rate": lr_schedule(step),

@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqgan_jax.models.quantizer import QuantizerOutput, VectorQuantizer
+from vqgan_jax.models.scalar_quantizers import FiniteScalarQuantizer, LookupFreeQuantizer
 
 GROUPS = 32
+QUANTIZERS = ('vq', 'fsq', 'lfq')
 
 # torch.nn.Conv2d's default kernel init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
 _torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
@@ -208,6 +210,12 @@ class VQModel(nn.Module):
 
   `resolution` is the training resolution (it decides where attention goes); any input whose
   height and width are divisible by `downsampling_factor(ch_mult)` works.
+
+  `quantizer_type` picks the bottleneck: 'vq' (VectorQuantizer, taming's by default; its
+  fields from `beta` to `usage_window_steps` are the codebook options documented there),
+  'fsq' (FiniteScalarQuantizer with `fsq_levels`) or 'lfq' (LookupFreeQuantizer). Training
+  with `train=True` and the 'codebook_state' collection mutable updates usage counters, EMA
+  statistics, data initialisation and restarts (see vqgan_jax.models.quantizer).
   """
   ch: int = 128
   out_ch: int = 3
@@ -224,6 +232,17 @@ class VQModel(nn.Module):
   legacy: bool = True
   l2_normalize: bool = False
   lookup_chunk_size: int = 0
+  quantizer_type: str = 'vq'
+  fsq_levels: Sequence[int] = ()
+  codebook_dim: int = 0
+  ema_decay: float = 0.0
+  ema_epsilon: float = 1e-5
+  codebook_init: str = 'uniform'
+  kmeans_iterations: int = 5
+  restart_unused_steps: int = 0
+  buffer_size: int = 0
+  entropy_temperature: float = 0.0
+  usage_window_steps: int = 100
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -237,10 +256,27 @@ class VQModel(nn.Module):
                 dropout=self.dropout, dtype=self.dtype)
     self.encoder = Encoder(z_channels=self.z_channels, **arch)
     self.quant_conv = _conv(self.embed_dim, 1, self.dtype)
-    self.quantizer = VectorQuantizer(self.codebook_size, self.embed_dim, self.beta, self.legacy,
-                                     self.l2_normalize, self.lookup_chunk_size)
+    self.quantizer = self._make_quantizer()
     self.post_quant_conv = _conv(self.z_channels, 1, self.dtype)
     self.decoder = Decoder(out_ch=self.out_ch, **arch)
+
+  def _make_quantizer(self) -> nn.Module:
+    common = dict(codebook_size=self.codebook_size, embed_dim=self.embed_dim,
+                  usage_window_steps=self.usage_window_steps)
+    if self.quantizer_type == 'vq':
+      return VectorQuantizer(
+          beta=self.beta, legacy=self.legacy, l2_normalize=self.l2_normalize,
+          lookup_chunk_size=self.lookup_chunk_size, codebook_dim=self.codebook_dim,
+          ema_decay=self.ema_decay, ema_epsilon=self.ema_epsilon,
+          codebook_init=self.codebook_init, kmeans_iterations=self.kmeans_iterations,
+          restart_unused_steps=self.restart_unused_steps, buffer_size=self.buffer_size,
+          entropy_temperature=self.entropy_temperature, **common)
+    if self.quantizer_type == 'fsq':
+      return FiniteScalarQuantizer(levels=tuple(self.fsq_levels), **common)
+    if self.quantizer_type == 'lfq':
+      return LookupFreeQuantizer(beta=self.beta, entropy_temperature=self.entropy_temperature,
+                                 lookup_chunk_size=self.lookup_chunk_size, **common)
+    raise ValueError(f"VQModel quantizer_type={self.quantizer_type!r}; use one of {QUANTIZERS}.")
 
   def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:
     """Reconstruction (B, H, W, out_ch) float32 and the quantizer's output."""
@@ -250,7 +286,7 @@ class VQModel(nn.Module):
   def encode(self, images: jax.Array, train: bool = False) -> QuantizerOutput:
     """Quantizes the images' latents (after quant_conv)."""
     self._check_images(images)
-    return self.quantizer(self.quant_conv(self.encoder(images, train)))
+    return self.quantizer(self.quant_conv(self.encoder(images, train)), train)
 
   def encode_to_indices(self, images: jax.Array) -> jax.Array:
     """int32 code indices (B, H/f, W/f) in raster order."""

@@ -1,0 +1,151 @@
+"""Pure, jittable codebook functions shared by the quantizers.
+
+Every function sees whole (global) arrays: under `jax.jit` with sharded inputs, XLA inserts the
+cross-device reductions, so counts, EMA statistics, restarts and k-means are identical on every
+device and host and do not depend on how the batch is split.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def squared_distances(vectors: jax.Array, codebook: jax.Array) -> jax.Array:
+  """|v|^2 + |e|^2 - 2 v.e for (n, d) vectors against (K, d) codes: (n, K) float32."""
+  return (jnp.sum(vectors**2, axis=-1, keepdims=True) + jnp.sum(codebook**2, axis=-1)
+          - 2.0 * jnp.matmul(vectors, codebook.T, precision=HIGHEST))
+
+
+def _entropy_sums(logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Sum over rows of each row's softmax entropy, and the sum of the rows' softmax."""
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  probs = jnp.exp(log_probs) * mask[:, None]
+  return -jnp.sum(probs * log_probs), jnp.sum(probs, axis=0)
+
+
+def search(vectors: jax.Array, codebook: jax.Array, *, chunk_size: int = 0,
+           entropy_temperature: float = 0.0):
+  """Nearest code of each row (first index on ties, like torch's argmin), in float32.
+
+  `chunk_size=C > 0` holds only a (C, K) distance block at a time (`lax.map` over chunks), so
+  memory stays bounded for large codebooks. With `entropy_temperature=t > 0` it also returns
+  the soft-assignment entropies softmax(-distance / t) that the entropy penalty needs, reduced
+  chunk by chunk: (mean per-row entropy, entropy of the mean assignment). Otherwise None.
+  """
+  n = vectors.shape[0]
+  want_entropy = entropy_temperature > 0
+
+  def block(rows, mask):
+    distances = squared_distances(rows, codebook)
+    indices = jnp.argmin(distances, axis=-1).astype(jnp.int32)
+    if not want_entropy:
+      return indices, jnp.float32(0), jnp.zeros((codebook.shape[0],), jnp.float32)
+    return (indices, *_entropy_sums(-distances / entropy_temperature, mask))
+
+  if 0 < chunk_size < n:
+    chunks = -(-n // chunk_size)
+    pad = chunks * chunk_size - n
+    rows = jnp.pad(vectors, ((0, pad), (0, 0))).reshape(chunks, chunk_size, -1)
+    mask = (jnp.arange(chunks * chunk_size) < n).astype(jnp.float32).reshape(chunks, chunk_size)
+    indices, entropy_sum, prob_sum = jax.lax.map(lambda a: block(*a), (rows, mask))
+    indices, entropy_sum, prob_sum = indices.reshape(-1)[:n], entropy_sum.sum(), prob_sum.sum(0)
+  else:
+    indices, entropy_sum, prob_sum = block(vectors, jnp.ones((n,), jnp.float32))
+  if not want_entropy:
+    return indices, None
+  mean_probs = prob_sum / n
+  return indices, (entropy_sum / n, jnp.sum(jax.scipy.special.entr(mean_probs)))
+
+
+def code_counts(indices: jax.Array, codebook_size: int) -> jax.Array:
+  """How many times each code was chosen: (K,) int32."""
+  return jnp.bincount(indices.reshape(-1), length=codebook_size).astype(jnp.int32)
+
+
+def perplexity(counts: jax.Array) -> jax.Array:
+  """exp(entropy) of a code histogram: 1 = one code, K = uniform."""
+  probs = counts / jnp.maximum(jnp.sum(counts), 1)
+  return jnp.exp(jnp.sum(jax.scipy.special.entr(probs))).astype(jnp.float32)
+
+
+def advance_unused_steps(unused_steps: jax.Array, counts: jax.Array) -> jax.Array:
+  """Steps since each code was last chosen, after one more step with these counts."""
+  return jnp.where(counts > 0, 0, unused_steps + 1).astype(jnp.int32)
+
+
+def ema_update(cluster_size: jax.Array, embed_sum: jax.Array, vectors: jax.Array,
+               indices: jax.Array, *, decay: float, epsilon: float):
+  """One step of VQ-VAE's EMA dictionary learning (van den Oord et al. 2017, appendix A.1).
+
+  N_k <- decay N_k + (1 - decay) n_k,  m_k <- decay m_k + (1 - decay) sum_{i: k_i = k} z_i,
+  e_k = m_k / N~_k with Laplace-smoothed counts N~_k = (N_k + eps) / (N + K eps) * N.
+  Returns (cluster_size, embed_sum, codebook).
+  """
+  k = cluster_size.shape[0]
+  counts = jnp.bincount(indices, length=k).astype(jnp.float32)
+  sums = jax.ops.segment_sum(vectors, indices, num_segments=k)
+  cluster_size = decay * cluster_size + (1.0 - decay) * counts
+  embed_sum = decay * embed_sum + (1.0 - decay) * sums
+  total = jnp.sum(cluster_size)
+  smoothed = (cluster_size + epsilon) / (total + k * epsilon) * total
+  return cluster_size, embed_sum, embed_sum / smoothed[:, None]
+
+
+def push_recent(buffer: jax.Array, count: jax.Array, vectors: jax.Array, key: jax.Array):
+  """Keeps the most recent encoder outputs in a fixed-size buffer (oldest rows drop out).
+
+  When a step brings more rows than the buffer holds, a random subset of them fills it.
+  Returns (buffer, number of valid rows).
+  """
+  size, n = buffer.shape[0], vectors.shape[0]
+  if n >= size:
+    new = vectors[jax.random.permutation(key, n)[:size]]
+  else:
+    new = jnp.concatenate([buffer[n:], vectors], axis=0)
+  return new, jnp.minimum(count + n, size).astype(jnp.int32)
+
+
+def reseed(codebook: jax.Array, dead: jax.Array, pool: jax.Array, key: jax.Array) -> jax.Array:
+  """Replaces exactly the rows where `dead` is True with distinct random rows of `pool`.
+
+  Rows are drawn without replacement while the pool lasts (more dead codes than pool rows
+  wrap around). Every other row is returned unchanged.
+  """
+  order = jax.random.permutation(key, pool.shape[0])
+  rank = jnp.cumsum(dead.astype(jnp.int32)) - 1
+  replacement = pool[order[jnp.maximum(rank, 0) % pool.shape[0]]]
+  return jnp.where(dead[:, None], replacement, codebook)
+
+
+def kmeans_plus_plus(points: jax.Array, k: int, key: jax.Array, *, lloyd_iterations: int = 0,
+                     chunk_size: int = 0) -> jax.Array:
+  """k centres from `points` (n, d) by k-means++ seeding, then optional Lloyd iterations.
+
+  Seeding picks each next centre with probability proportional to its squared distance to
+  the nearest centre so far (Arthur & Vassilvitskii 2007); a `lax.fori_loop`, O(n k d).
+  """
+  n = points.shape[0]
+  first_key, loop_key = jax.random.split(key)
+  first = points[jax.random.randint(first_key, (), 0, n)]
+  centres = jnp.zeros((k, points.shape[1]), points.dtype).at[0].set(first)
+  nearest = jnp.sum((points - first)**2, axis=-1)
+
+  def add_centre(i, carry):
+    centres, nearest = carry
+    total = jnp.sum(nearest)
+    # Fewer distinct points than centres: fall back to uniform picks.
+    logits = jnp.where(total > 0, jnp.log(nearest), 0.0)
+    pick = points[jax.random.categorical(jax.random.fold_in(loop_key, i), logits)]
+    return centres.at[i].set(pick), jnp.minimum(nearest, jnp.sum((points - pick)**2, axis=-1))
+
+  centres, _ = jax.lax.fori_loop(1, k, add_centre, (centres, nearest))
+
+  def lloyd(_, centres):
+    assignment, _ = search(points, centres, chunk_size=chunk_size)
+    counts = jnp.bincount(assignment, length=k).astype(points.dtype)
+    sums = jax.ops.segment_sum(points, assignment, num_segments=k)
+    return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], centres)
+
+  return jax.lax.fori_loop(0, lloyd_iterations, lloyd, centres)
