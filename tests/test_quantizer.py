@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqgan_jax.models.quantizer import VectorQuantizer
+from vqgan_jax.models.quantizer import VectorQuantizer, apply_codebook_overrides
 
 
 def _apply(quantizer, codebook, z, method=None):
@@ -129,3 +129,129 @@ def test_chunked_lookup_gives_identical_indices_and_bounds_memory(chunk):
     temp = lambda q: jax.jit(lambda p, x: q.apply(p, x).indices).lower(
         params, z).compile().memory_analysis().temp_size_in_bytes
     assert temp(VectorQuantizer(512, 8, lookup_chunk_size=chunk)) < temp(VectorQuantizer(512, 8)) / 2
+
+
+# Codebook maintenance inside training (the 'codebook_state' collection).
+
+
+def _train_call(quantizer, variables, z, seed=0):
+  return quantizer.apply(variables, z, train=True, mutable=['codebook_state'],
+                         rngs={'codebook': jax.random.key(seed)})
+
+
+def test_ema_codebook_follows_the_hand_computation_and_ignores_the_codebook_loss():
+  codebook = np.array([[0.0, 0.0], [4.0, 4.0], [-4.0, 4.0]], np.float32)
+  quantizer = VectorQuantizer(3, 2, ema_decay=0.5, ema_epsilon=0.0)
+  variables = quantizer.init(jax.random.key(0), jnp.zeros((1, 2)))
+  variables = {'params': {'embedding': jnp.asarray(codebook)},
+               'codebook_state': dict(variables['codebook_state'])}
+  variables['codebook_state']['embed_sum'] = jnp.asarray(codebook)
+  z = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 5.0]], np.float32)  # Codes 0, 0, 1.
+  out, state = _train_call(quantizer, variables, z)
+  state = state['codebook_state']
+  np.testing.assert_array_equal(out.indices, [0, 0, 1])
+  # N = 0.5 * 1 + 0.5 * (2, 1, 0) = (1.5, 1, 0.5); m = 0.5 * e + 0.5 * sums.
+  np.testing.assert_allclose(state['cluster_size'], [1.5, 1.0, 0.5])
+  expected_sum = 0.5 * codebook + 0.5 * np.array([[1.0, 1.0], [3.0, 5.0], [0.0, 0.0]])
+  np.testing.assert_allclose(state['embed_sum'], expected_sum, rtol=1e-6)
+  np.testing.assert_allclose(state['next_codebook'], expected_sum / [[1.5], [1.0], [0.5]],
+                             rtol=1e-6)
+  assert bool(np.all(state['override']))
+  assert float(out.codebook_loss) == 0.0
+  grad = jax.grad(lambda e: _train_call(quantizer, {**variables, 'params': {'embedding': e}},
+                                        z)[0].loss)(jnp.asarray(codebook))
+  np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_restart_reseeds_exactly_the_dead_codes_from_recent_outputs():
+  codebook = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], np.float32)
+  quantizer = VectorQuantizer(4, 2, restart_unused_steps=2, buffer_size=6)
+  variables = {'params': {'embedding': jnp.asarray(codebook)},
+               'codebook_state': quantizer.init(jax.random.key(0),
+                                                jnp.zeros((1, 2)))['codebook_state']}
+  z = np.array([[2.0, 0.1], [0.1, 2.0], [1.5, 0.2]], np.float32)  # Only codes 0 and 1.
+  restarts = []
+  for step in range(3):
+    out, state = _train_call(quantizer, variables, z + 0.01 * step, seed=step)
+    variables = {**variables, **state}
+    restarts.append(int(out.restarts))
+    q = state['codebook_state']
+  # Codes 2 and 3 unused for 2 steps once the buffer (6 rows = 2 steps) is full: step 1.
+  assert restarts == [0, 2, 0]
+  # After step 1 the restarted codes were chosen from the buffer; code 0/1 never overridden.
+  assert int(q['restarts_total']) == 2
+  np.testing.assert_array_equal(q['override'], [False, False, False, False])
+
+
+def test_restart_override_mask_and_values():
+  codebook = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], np.float32)
+  quantizer = VectorQuantizer(4, 2, restart_unused_steps=1, buffer_size=3)
+  variables = {'params': {'embedding': jnp.asarray(codebook)},
+               'codebook_state': quantizer.init(jax.random.key(0),
+                                                jnp.zeros((1, 2)))['codebook_state']}
+  z = np.array([[2.0, 0.1], [0.1, 2.0], [1.5, 0.2]], np.float32)
+  out, state = _train_call(quantizer, variables, z)
+  q = state['codebook_state']
+  np.testing.assert_array_equal(q['override'], [False, False, True, True])
+  assert int(out.restarts) == 2
+  new = np.asarray(q['next_codebook'])
+  np.testing.assert_array_equal(new[:2], codebook[:2])
+  assert {tuple(r) for r in new[2:]} <= {tuple(r) for r in z} and len({tuple(r) for r in new[2:]}) == 2
+  params = apply_codebook_overrides({'quantizer': variables['params']},
+                                    {'quantizer': state['codebook_state']})
+  np.testing.assert_array_equal(params['quantizer']['embedding'], new)
+
+
+def test_data_initialisation_waits_for_a_full_buffer():
+  quantizer = VectorQuantizer(4, 2, codebook_init='random_outputs', buffer_size=6)
+  variables = quantizer.init(jax.random.key(0), jnp.zeros((1, 2)))
+  batches = [np.full((3, 2), 10.0 * (i + 1), np.float32) + np.arange(3)[:, None] for i in range(3)]
+  overrides = []
+  for i, z in enumerate(batches):
+    out, state = _train_call(quantizer, variables, z, seed=i)
+    variables = {**variables, **state}
+    q = state['codebook_state']
+    overrides.append(bool(np.all(q['override'])))
+    if i == 1:
+      seeded = np.asarray(q['next_codebook'])
+  assert overrides == [False, True, False]
+  rows = {tuple(r) for r in np.concatenate(batches[:2])}
+  assert all(tuple(r) in rows for r in seeded) and len({tuple(r) for r in seeded}) == 4
+
+
+def test_usage_window_counts_codes_chosen_in_recent_steps():
+  codebook = 10.0 * np.eye(4, dtype=np.float32)
+  quantizer = VectorQuantizer(4, 4, usage_window_steps=2)
+  variables = {'params': {'embedding': jnp.asarray(codebook)},
+               'codebook_state': quantizer.init(jax.random.key(0),
+                                                jnp.zeros((1, 4)))['codebook_state']}
+  usage, dead = [], []
+  for codes in ([0, 1], [2], [2], [3]):
+    out, state = _train_call(quantizer, variables, codebook[codes])
+    variables = {**variables, **state}
+    usage.append(float(out.window_usage))
+    dead.append(int(out.dead_codes))
+  assert usage == [0.5, 0.75, 0.25, 0.5] and dead == [2, 1, 3, 2]
+
+
+def test_factorised_lookup_projects_in_and_out():
+  quantizer = VectorQuantizer(16, 32, codebook_dim=4, l2_normalize=True)
+  z = jnp.asarray(np.random.RandomState(0).normal(size=(2, 3, 3, 32)), jnp.float32)
+  variables = quantizer.init(jax.random.key(0), z)
+  assert variables['params']['embedding'].shape == (16, 4)
+  assert variables['params']['project_in']['kernel'].shape == (32, 4)
+  out = quantizer.apply({'params': variables['params']}, z)
+  assert out.quantized.shape == z.shape
+  np.testing.assert_allclose(quantizer.apply({'params': variables['params']}, out.indices,
+                                             method='lookup'), out.quantized, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_apply_codebook_overrides_replaces_only_flagged_rows():
+  params = {'quantizer': {'embedding': jnp.zeros((3, 2))}, 'decoder': {'w': jnp.ones(2)}}
+  state = {'quantizer': {'next_codebook': jnp.ones((3, 2)),
+                         'override': jnp.array([False, True, False])}}
+  new = apply_codebook_overrides(params, state)
+  np.testing.assert_array_equal(new['quantizer']['embedding'], [[0, 0], [1, 1], [0, 0]])
+  assert new['decoder'] is params['decoder']
+  assert apply_codebook_overrides(params, {'quantizer': {'step': 0}}) is params

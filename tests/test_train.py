@@ -75,7 +75,28 @@ def _initial_state(config):
                                          disc=disc, tx=tx, disc_tx=disc_tx))
 
 
-def test_sharded_step_equals_single_device(config):
+CODEBOOK_OPTIONS = {
+    # Every VQ option at once: cosine, factorised 8 -> 4, EMA, k-means++ init at step 0,
+    # restarts from step 1, entropy penalty.
+    "vq_all_options": (dict(l2_normalize=True, codebook_dim=4, ema_decay=0.9,
+                            codebook_init="kmeans++", restart_unused_steps=1, buffer_size=512,
+                            codebook_size=256,
+                            entropy_temperature=0.1), dict(entropy_weight=0.1)),
+    "taming": (dict(l2_normalize=False, codebook_dim=0, codebook_init="uniform",
+                    restart_unused_steps=0), {}),
+    "fsq": (dict(quantizer_type="fsq", fsq_levels=(4, 4, 4), codebook_dim=0,
+                 codebook_init="uniform", restart_unused_steps=0), {}),
+    "lfq": (dict(quantizer_type="lfq", codebook_dim=0, codebook_init="uniform",
+                 restart_unused_steps=0, entropy_temperature=0.05), dict(entropy_weight=0.1)),
+}
+
+
+@pytest.mark.parametrize("option", ["default"] + sorted(CODEBOOK_OPTIONS))
+def test_sharded_step_equals_single_device(config, option):
+  """Each quantizer option: 8 devices == 1 device (statistics are global inside jit)."""
+  if option != "default":
+    config.model.update(CODEBOOK_OPTIONS[option][0])
+    config.loss.update(CODEBOOK_OPTIONS[option][1])
   config.loss.disc_start = 1  # Exercise the GAN gradient and the adaptive weight too.
   state = _initial_state(config)
   batches = [_random_batch(config, seed) for seed in range(3)]
@@ -92,8 +113,15 @@ def test_sharded_step_equals_single_device(config):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                s8.disc_batch_stats, s1.disc_batch_stats)
   for key in ("loss/total", "loss/discriminator", "gan/adaptive_weight",
-              "grad_norm/generator", "grad_norm/discriminator", "codebook/perplexity"):
-    np.testing.assert_allclose(m8[key], m1[key], rtol=1e-4)
+              "grad_norm/generator", "grad_norm/discriminator", "codebook/perplexity",
+              "codebook/window_usage", "codebook/restarts", "loss/entropy"):
+    np.testing.assert_allclose(m8[key], m1[key], rtol=1e-4, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               s8.codebook_state, s1.codebook_state)
+  if option == "vq_all_options":
+    quantizer_state = s8.codebook_state["quantizer"]
+    assert bool(quantizer_state["initialized"]) and int(quantizer_state["restarts_total"]) > 0
+    assert m8["loss/entropy"] != 0.0
 
 
 def test_adaptive_weight_equals_two_separate_grads(config):

@@ -166,12 +166,19 @@ def _grid_crops(photo: np.ndarray, crop_hw: tuple[int, int]) -> list[np.ndarray]
           for r in range(rows) for c in range(cols)]
 
 
+EMBEDDED_EVAL_SCALES = (1.0, 1.25, 1.5)
+
+
 class EmbeddedSource:
   """The bundled photos (see `vqgan_jax.embedded_data`).
 
   Train: every process uses every train photo (there are too few to shard) in its own
   per-epoch order; records are photo indices, and each example is a fresh random crop.
-  Eval: a grid of crops of the held-out photos, every `process_count`-th crop per process.
+  Eval: grids of crops of the held-out photos at the ends and middle of the training scale
+  range (`EMBEDDED_EVAL_SCALES` times the shorter side), every `process_count`-th crop per
+  process. Three scales give 226 crops at 32x32 (14,464 tokens at f4): enough for codebook
+  usage of a 1024-code codebook to be measurable (48 crops = 3,072 tokens could show at most
+  95% of 1024 codes even if all were equally likely).
   """
 
   def __init__(self, settings: Settings):
@@ -192,10 +199,12 @@ class EmbeddedSource:
 
     eval_ids = embedded_data.split_indices("eval")
     crops, labels = [], []
-    for label, photo in zip(eval_ids, _resized_photos(eval_ids, settings.resize_size, crop_hw)):
-      grid = _grid_crops(photo, crop_hw)
-      crops.extend(grid)
-      labels.extend([label] * len(grid))
+    for scale in EMBEDDED_EVAL_SCALES:
+      resized = _resized_photos(eval_ids, settings.resize_size * scale, crop_hw)
+      for label, photo in zip(eval_ids, resized):
+        grid = _grid_crops(photo, crop_hw)
+        crops.extend(grid)
+        labels.extend([label] * len(grid))
     shard = slice(settings.process_index, None, settings.process_count)
     self._eval_crops = np.array(crops[shard], np.uint8).reshape(-1, *crop_hw, 3)
     self._eval_labels = np.array(labels[shard], np.int32)
