@@ -60,7 +60,8 @@ class ReconstructionMetrics:
 
 
 class CodebookMetrics:
-  """Code histogram over the whole split: fraction of the K codes used, and its perplexity."""
+  """Code histogram over the whole split: fraction of the K codes used, its perplexity and the
+  number of codes never chosen."""
 
   def __init__(self, *, codebook_size: int, **_):
     self.codebook_size = codebook_size
@@ -80,11 +81,17 @@ class CodebookMetrics:
     del mask
     self._histogram += np.asarray(outputs, np.float64)
 
+  @property
+  def histogram(self) -> np.ndarray:
+    """Tokens per code over everything seen since `reset` (float64, length K)."""
+    return self._histogram.copy()
+
   def result(self) -> dict[str, float]:
     hist = self._histogram
     probs = hist[hist > 0] / max(hist.sum(), 1.0)
     return {"codebook_usage": float(np.mean(hist > 0)),
-            "perplexity": float(np.exp(-np.sum(probs * np.log(probs))))}
+            "perplexity": float(np.exp(-np.sum(probs * np.log(probs)))),
+            "unused_codes": float(np.sum(hist == 0))}
 
 
 class ReconstructionFID:

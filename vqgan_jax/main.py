@@ -1,4 +1,4 @@
-"""Entry point: `python -m vqgan_jax.main --config=configs/tiny.py --workdir=DIR [--mode=train|eval]`.
+"""Entry point: `python -m vqgan_jax.main --config=configs/tiny.py --workdir=DIR [--mode=train|eval|codebook|sample]`.
 
 Parses flags, initialises multi-host JAX when there is more than one process, and dispatches to
 the job for `--mode`. Everything else lives in the job modules.
@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-MODES = ("train", "eval", "sample")
+MODES = ("train", "eval", "codebook", "sample")
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
@@ -20,8 +20,9 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, logs and images go "
                     "(default: ./workdirs/<config name>).")
 flags.DEFINE_enum("mode", "train", MODES, "train: train the config's model, a tokenizer or a prior "
                   "(resuming from --workdir); eval: evaluate a tokenizer checkpoint on the eval "
-                  "split; sample: draw images from a prior.")
-flags.DEFINE_integer("step", None, "--mode=eval/sample: the checkpoint step (default: the latest).")
+                  "split; codebook: decode every code and plot its usage on the eval split; "
+                  "sample: draw images from a prior.")
+flags.DEFINE_integer("step", None, "--mode=eval/codebook/sample: the checkpoint step (default: the latest).")
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0, for multi-host runs outside TPU/SLURM auto-detection.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
@@ -74,13 +75,16 @@ def main(argv):
   elif FLAGS.mode == "eval" and stage == "tokenizer":
     from vqgan_jax import evaluate  # pylint: disable=g-import-not-at-top
     evaluate.evaluate_checkpoint(config, workdir, FLAGS.step)
+  elif FLAGS.mode == "codebook" and stage == "tokenizer":
+    from vqgan_jax import codebook_view  # pylint: disable=g-import-not-at-top
+    codebook_view.visualize_codebook(config, workdir, FLAGS.step)
   elif FLAGS.mode == "sample" and stage == "prior":
     from vqgan_jax import sample  # pylint: disable=g-import-not-at-top
     sample.sample_images(config, workdir, FLAGS.step)
   else:
     raise app.UsageError(
-        f"--mode={FLAGS.mode} does not apply to a {stage} config: tokenizers train and eval "
-        "(the eval loss of a prior is logged during training), priors train and sample "
+        f"--mode={FLAGS.mode} does not apply to a {stage} config: tokenizers train, eval and "
+        "codebook (the eval loss of a prior is logged during training), priors train and sample "
         "(sample FID: --config.sample.fid=True).")
 
 
