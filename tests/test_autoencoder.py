@@ -124,3 +124,19 @@ def test_parameter_count_of_taming_imagenet_f16(codebook_size, expected):
   assert count_params(params) == expected
   assert count_params(params['encoder']) == 29_298_176
   assert count_params(params['decoder']) == 42_449_795
+
+
+def test_remat_gives_the_same_parameters_outputs_and_gradients():
+  plain, remat = VQModel(**TINY), VQModel(**dict(TINY, remat=True))
+  images = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
+  params = plain.init(jax.random.key(0), images)['params']
+  assert jax.tree.structure(remat.init(jax.random.key(0), images)['params']) == (
+      jax.tree.structure(params))
+  loss = lambda model: jax.value_and_grad(
+      lambda p: jnp.mean(model.apply({'params': p}, images, train=True)[0]**2))(params)
+  (value, grads), (value_r, grads_r) = loss(plain), loss(remat)
+  np.testing.assert_allclose(value_r, value, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads_r, grads)
+  jaxpr = str(jax.make_jaxpr(lambda p: jax.grad(
+      lambda q: jnp.mean(remat.apply({'params': q}, images)[0]))(p))(params))
+  assert 'remat' in jaxpr or 'checkpoint' in jaxpr

@@ -85,20 +85,21 @@ def test_embedded_eval_holds_out_whole_photos_each_crop_once():
   assert set(train_ids).isdisjoint(eval_ids) and len(eval_ids) == 2
   assert len(train_ids) + len(eval_ids) == len(embedded_data.PHOTOS)
   config = _config()
-  # chelsea and rocket, shorter side 4 * 16 = 64: 64x96 each, a 4x6 grid of 16x16 crops.
-  assert input_pipeline.num_eval_examples(config) == 48
+  # chelsea and rocket at shorter sides 64, 80 and 96 (4 * 16 times 1, 1.25, 1.5): grids of
+  # 4x6, 5x7 and 6x9 crops of 16x16 each, 2 * (24 + 35 + 54) = 226.
+  assert input_pipeline.num_eval_examples(config) == 226
   batches = _eval(config, batch=5)
-  assert len(batches) == 10  # 48 images: 9 full batches and 3 real + 2 padding.
+  assert len(batches) == 46  # 226 images: 45 full batches and 1 real + 4 padding.
   mask = np.concatenate([b["mask"] for b in batches])
-  np.testing.assert_array_equal(mask, [1.0] * 48 + [0.0] * 2)
-  images = np.concatenate([b["image"] for b in batches])[:48]
-  labels = np.concatenate([b["label"] for b in batches])[:48]
+  np.testing.assert_array_equal(mask, [1.0] * 226 + [0.0] * 4)
+  images = np.concatenate([b["image"] for b in batches])[:226]
+  labels = np.concatenate([b["label"] for b in batches])[:226]
   assert set(labels) == set(eval_ids)
-  assert len({image.tobytes() for image in images}) == 48
+  assert len({image.tobytes() for image in images}) == 226
   _assert_batches_equal(batches, _eval(config, batch=5))
   # Two hosts: the same number of batches each, together every crop once.
   hosts = [_eval(config, batch=5, process_index=i, process_count=2) for i in range(2)]
-  assert len(hosts[0]) == len(hosts[1]) == 5
+  assert len(hosts[0]) == len(hosts[1]) == 23  # 113 crops each.
   host_images = np.concatenate([b["image"][b["mask"] > 0] for h in hosts for b in h])
   assert sorted(i.tobytes() for i in host_images) == sorted(i.tobytes() for i in images)
 

@@ -32,7 +32,8 @@ model            VQModel fields (see vqgan_jax.models.autoencoder.VQModel); the 
                  options l2_normalize, codebook_dim, ema_decay, ema_epsilon, codebook_init
                  ('uniform' | 'random_outputs' | 'kmeans++'), kmeans_iterations,
                  restart_unused_steps, buffer_size, entropy_temperature (also 'lfq'),
-                 usage_window_steps (see vqgan_jax.models.quantizer.VectorQuantizer).
+                 usage_window_steps (see vqgan_jax.models.quantizer.VectorQuantizer);
+                 remat (recompute block activations in the backward pass: less memory).
 discriminator    PatchGAN depth (`num_layers`) and width (`ndf`).
 loss             reconstruction ('l1' | 'l2'), perceptual_weight, codebook_weight,
                  gan_loss ('hinge' | 'vanilla' | 'non_saturating'), disc_weight (times the
@@ -101,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
       buffer_size=0,
       entropy_temperature=0.0,
       usage_window_steps=100,
+      remat=False,
   ))
   config.discriminator = ml_collections.ConfigDict(dict(num_layers=3, ndf=64))
   config.loss = ml_collections.ConfigDict(dict(

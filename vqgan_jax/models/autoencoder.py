@@ -86,6 +86,16 @@ class AttnBlock(nn.Module):
     return x + _conv(c, 1, self.dtype, 'proj_out')(h)
 
 
+# Rematerialised blocks: activations inside each block are recomputed in the backward pass
+# instead of stored (`train` is argument 2 counting self, a Python bool: static).
+RematResnetBlock = nn.remat(ResnetBlock, static_argnums=(2,))
+RematAttnBlock = nn.remat(AttnBlock)
+
+
+def _blocks(remat: bool):
+  return (RematResnetBlock, RematAttnBlock) if remat else (ResnetBlock, AttnBlock)
+
+
 class Downsample(nn.Module):
   """3x3 stride-2 conv after zero-padding right and bottom by one (taming's asymmetric pad)."""
   dtype: Any = jnp.float32
@@ -114,13 +124,15 @@ class Level(nn.Module):
   resample: str | None  # 'downsample', 'upsample' or None.
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
+    resnet, attn = _blocks(self.remat)
     for j in range(self.num_blocks):
-      h = ResnetBlock(self.channels, self.dropout, self.dtype, name=f'block_{j}')(h, train)
+      h = resnet(self.channels, self.dropout, self.dtype, name=f'block_{j}')(h, train)
       if self.attention:
-        h = AttnBlock(self.dtype, name=f'attn_{j}')(h)
+        h = attn(self.dtype, name=f'attn_{j}')(h)
     if self.resample == 'downsample':
       h = Downsample(self.dtype, name='downsample')(h)
     elif self.resample == 'upsample':
@@ -132,13 +144,15 @@ class MidBlock(nn.Module):
   """Res block, attention, res block at the lowest resolution."""
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
     channels = h.shape[-1]
-    h = ResnetBlock(channels, self.dropout, self.dtype, name='block_1')(h, train)
-    h = AttnBlock(self.dtype, name='attn_1')(h)
-    return ResnetBlock(channels, self.dropout, self.dtype, name='block_2')(h, train)
+    resnet, attn = _blocks(self.remat)
+    h = resnet(channels, self.dropout, self.dtype, name='block_1')(h, train)
+    h = attn(self.dtype, name='attn_1')(h)
+    return resnet(channels, self.dropout, self.dtype, name='block_2')(h, train)
 
 
 class Encoder(nn.Module):
@@ -155,6 +169,7 @@ class Encoder(nn.Module):
   z_channels: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -163,11 +178,11 @@ class Encoder(nn.Module):
     last = len(self.ch_mult) - 1
     for i, mult in enumerate(self.ch_mult):
       h = Level(self.ch * mult, self.num_res_blocks, curr_res in self.attn_resolutions,
-                'downsample' if i != last else None, self.dropout, self.dtype,
+                'downsample' if i != last else None, self.dropout, self.dtype, self.remat,
                 name=f'down_{i}')(h, train)
       if i != last:
         curr_res //= 2
-    h = MidBlock(self.dropout, self.dtype, name='mid')(h, train)
+    h = MidBlock(self.dropout, self.dtype, self.remat, name='mid')(h, train)
     h = nn.swish(_group_norm(self.dtype, 'norm_out')(h))
     return _conv(self.z_channels, 3, self.dtype, 'conv_out')(h)
 
@@ -186,17 +201,18 @@ class Decoder(nn.Module):
   resolution: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     last = len(self.ch_mult) - 1
     h = _conv(self.ch * self.ch_mult[last], 3, self.dtype, 'conv_in')(z)
-    h = MidBlock(self.dropout, self.dtype, name='mid')(h, train)
+    h = MidBlock(self.dropout, self.dtype, self.remat, name='mid')(h, train)
     curr_res = self.resolution // 2**last
     for i in reversed(range(len(self.ch_mult))):
       h = Level(self.ch * self.ch_mult[i], self.num_res_blocks + 1,
                 curr_res in self.attn_resolutions, 'upsample' if i != 0 else None,
-                self.dropout, self.dtype, name=f'up_{i}')(h, train)
+                self.dropout, self.dtype, self.remat, name=f'up_{i}')(h, train)
       if i != 0:
         curr_res *= 2
     h = nn.swish(_group_norm(self.dtype, 'norm_out')(h))
@@ -216,6 +232,10 @@ class VQModel(nn.Module):
   'fsq' (FiniteScalarQuantizer with `fsq_levels`) or 'lfq' (LookupFreeQuantizer). Training
   with `train=True` and the 'codebook_state' collection mutable updates usage counters, EMA
   statistics, data initialisation and restarts (see vqgan_jax.models.quantizer).
+
+  `remat=True` rematerialises every res and attention block (`nn.remat`): their activations
+  are recomputed in the backward pass, trading ~1/3 more compute for memory at large
+  resolutions. Parameters and results are the same either way.
   """
   ch: int = 128
   out_ch: int = 3
@@ -243,6 +263,7 @@ class VQModel(nn.Module):
   buffer_size: int = 0
   entropy_temperature: float = 0.0
   usage_window_steps: int = 100
+  remat: bool = False
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -253,7 +274,7 @@ class VQModel(nn.Module):
                        f'multiple of {GROUPS}.')
     arch = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
                 attn_resolutions=tuple(self.attn_resolutions), resolution=self.resolution,
-                dropout=self.dropout, dtype=self.dtype)
+                dropout=self.dropout, dtype=self.dtype, remat=self.remat)
     self.encoder = Encoder(z_channels=self.z_channels, **arch)
     self.quant_conv = _conv(self.embed_dim, 1, self.dtype)
     self.quantizer = self._make_quantizer()

@@ -25,6 +25,8 @@ from vqgan_jax.models import codebook_ops
 
 STATE = 'codebook_state'
 CODEBOOK_INITS = ('uniform', 'random_outputs', 'kmeans++')
+# k-means runs on the (replicated) buffer: its Lloyd steps hold at most 4096 x K distances.
+KMEANS_CHUNK_SIZE = 4096
 
 
 @struct.dataclass
@@ -260,8 +262,9 @@ class VectorQuantizer(nn.Module):
       initialize = full & ~self.initialized.value
       reseeded = jnp.zeros((self.codebook_size,), bool)
       if self.codebook_init != 'uniform':
-        seeded = self._initial_codebook(buffer, init_key)
-        codebook = jnp.where(initialize, seeded, codebook)
+        # lax.cond: the seeding (k-means++ is a K-step loop) runs once, not every step.
+        codebook = jax.lax.cond(initialize, lambda: self._initial_codebook(buffer, init_key),
+                                lambda: codebook)
         reseeded = reseeded | initialize
         self.initialized.value = self.initialized.value | initialize
       if self.restart_unused_steps > 0:
@@ -290,7 +293,7 @@ class VectorQuantizer(nn.Module):
                                  key)
     return codebook_ops.kmeans_plus_plus(buffer, self.codebook_size, key,
                                          lloyd_iterations=self.kmeans_iterations,
-                                         chunk_size=self.lookup_chunk_size)
+                                         chunk_size=KMEANS_CHUNK_SIZE)
 
   def lookup(self, indices: jax.Array) -> jax.Array:
     """Code vectors for integer `indices` of any shape: (..., embed_dim) float32."""
