@@ -4,8 +4,10 @@ import pytest
 from conftest import load_config
 from vqgan_jax import config_checks, input_pipeline
 
+TINY_QUANTIZERS = ("taming", "cosine_lowdim", "ema", "ema_restart", "cosine_lowdim_restart",
+                   "cosine_lowdim_entropy", "fsq", "lfq")
 TOKENIZER_CONFIGS = [("tiny", ""), ("tiny", "test"), ("imagenet", ""), ("taming_f16", "1024"),
-                     ("taming_f16", "16384")]
+                     ("taming_f16", "16384")] + [("tiny", q) for q in TINY_QUANTIZERS]
 PRIOR_CONFIGS = [("tiny_prior", ""), ("tiny_prior", "test"), ("imagenet_prior", "")]
 
 
@@ -15,6 +17,7 @@ def test_tokenizer_configs_are_consistent(name, variant):
   assert config.get("stage", "tokenizer") == "tokenizer"
   config_checks.validate_model_config(config.model, config.data.image_size)
   config_checks.validate_eval_config(config)
+  config_checks.validate_quantizer_config(config.model, config.loss)
   assert config.batch_size % 8 == 0 or config.batch_size in (1, 2, 4)
 
 
@@ -37,3 +40,22 @@ def test_imagenet_configs_read_imagenet2012_at_256(name, variant):
 def test_unknown_variant_is_an_error():
   with pytest.raises(ValueError, match="variant"):
     load_config("tiny", "huge")
+
+
+def test_tiny_variants_differ_only_in_the_quantizer():
+  base = load_config("tiny").to_dict()
+  for variant in TINY_QUANTIZERS:
+    config = load_config("tiny", variant).to_dict()
+    for group in config:
+      if group not in ("model", "loss"):
+        assert config[group] == base[group], (variant, group)
+    arch = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "embed_dim",
+            "codebook_size")
+    assert {k: config["model"][k] for k in arch} == {k: base["model"][k] for k in arch}
+
+
+def test_taming_release_configs_keep_tamings_quantizer():
+  for codebook in ("1024", "16384"):
+    model = load_config("taming_f16", codebook).model
+    assert (model.quantizer_type, model.l2_normalize, model.codebook_dim, model.ema_decay,
+            model.codebook_init, model.restart_unused_steps) == ("vq", False, 0, 0.0, "uniform", 0)

@@ -2,7 +2,8 @@
 
 Each process reads only its shard of the data, checkpoints go through Orbax's multi-process path,
 a second launch resumes, and the parameters equal one process with 8 devices stepping on the
-same global batches (host 0's local batch followed by host 1's).
+same global batches (host 0's local batch followed by host 1's). The tokenizer first, then the
+prior on that tokenizer's codes.
 """
 import functools
 import os
@@ -14,7 +15,7 @@ import jax
 import numpy as np
 
 from conftest import REPO, load_config
-from vqgan_jax import checkpoints, input_pipeline, sharding, train, trainer_lib
+from vqgan_jax import checkpoints, input_pipeline, sharding, train, train_prior, trainer_lib
 from vqgan_jax.models.lpips import load_lpips_params
 
 PROCESSES = 2
@@ -26,16 +27,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir, num_train_steps: int) -> None:
+def _launch(workdir, num_train_steps: int, config: str = "configs/tiny.py:test",
+            extra: tuple[str, ...] = ()) -> None:
   """Runs the 2-process job to completion; kills both processes on failure or timeout."""
   port = _free_port()
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "vqgan_jax.main", "--config=configs/tiny.py:test",
+      [sys.executable, "-m", "vqgan_jax.main", f"--config={config}",
        f"--workdir={workdir}", f"--config.num_train_steps={num_train_steps}",
        "--config.image_every_steps=-1", f"--coordinator_address=127.0.0.1:{port}",
-       f"--num_processes={PROCESSES}", f"--process_id={i}"],
+       f"--num_processes={PROCESSES}", f"--process_id={i}", *extra],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(PROCESSES)]
   try:
@@ -71,6 +73,39 @@ def _reference_params(config, num_steps: int):
   return jax.device_get(state)
 
 
+def _global_batches(config, num_steps: int):
+  """The global batches the two hosts feed together: host 0's local batch, then host 1's."""
+  local = config.batch_size // PROCESSES
+  hosts = [input_pipeline.create_train_iterator(config, local_batch_size=local, process_index=i,
+                                                process_count=PROCESSES) for i in range(PROCESSES)]
+  for _ in range(num_steps):
+    parts = [next(h) for h in hosts]
+    yield {key: np.concatenate([p[key] for p in parts]) for key in ("image", "label")}
+
+
+def _reference_prior_params(config, num_steps: int):
+  """The prior on one process with 8 devices, as `train_prior.train_and_evaluate` builds it."""
+  mesh = sharding.create_mesh()
+  tokenizers = train_prior.load_tokenizers(config)
+  grid = train_prior.token_grid(config, tokenizers.model)
+  num_classes = input_pipeline.num_classes(config)
+  model = train_prior.build_model(config, tokenizers, num_classes)
+  tx, schedule = train_prior.build_optimizer(config)
+  init = functools.partial(train_prior.init_state, config=config, model=model, tx=tx,
+                           tokens_shape=(1, grid[0] * grid[1]),
+                           cond_example=np.zeros((1,), np.int32))
+  state, _, shardings = trainer_lib.create_sharded_state(
+      init, jax.random.PRNGKey(config.seed), mesh, config.param_sharding)
+  step = jax.jit(functools.partial(train_prior.prior_step, config=config, tokenizers=tokenizers,
+                                   model=model, tx=tx, lr_schedule=schedule,
+                                   num_classes=num_classes),
+                 out_shardings=(shardings, sharding.replicated(mesh)))
+  tok_params = jax.device_put(tokenizers.params, sharding.replicated(mesh))
+  for batch in _global_batches(config, num_steps):
+    state, _ = step(state, sharding.global_batch(batch, mesh), tok_params)
+  return jax.device_get(state)
+
+
 def test_two_processes_train_resume_and_match_one_process(tmp_path):
   config = load_config("tiny", "test")
   workdir = tmp_path / "multihost"
@@ -87,3 +122,17 @@ def test_two_processes_train_resume_and_match_one_process(tmp_path):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2 * lr_sum),
                raw["disc_params"], expected.disc_params)
   assert int(raw["step"]) == 4
+
+  # The prior, on the tokenizer just trained by the two processes.
+  prior_config = load_config("tiny_prior", "test")
+  prior_config.tokenizer_workdir = str(workdir)
+  prior_workdir = tmp_path / "multihost_prior"
+  flags = (f"--config.tokenizer_workdir={workdir}", "--config.eval_every_steps=-1")
+  _launch(prior_workdir, 2, "configs/tiny_prior.py:test", flags)
+  _launch(prior_workdir, 4, "configs/tiny_prior.py:test", flags)
+  raw, step = checkpoints.restore_raw_state(str(prior_workdir))
+  assert step == 4
+  expected = _reference_prior_params(prior_config, 4)
+  prior_lr_sum = sum(float(train_prior.build_optimizer(prior_config)[1](i)) for i in range(4))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2 * prior_lr_sum),
+               raw["params"], expected.params)

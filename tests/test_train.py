@@ -236,6 +236,16 @@ def test_persistent_nans_stop_the_run(config, tmp_path, monkeypatch):
     (lambda c: (setattr(c.data, "source", "folder"), setattr(c.data, "folder", "/nonexistent")),
      "/nonexistent"),
     (lambda c: setattr(c.loss, "gan_loss", "wasserstein"), "gan_loss"),
+    (lambda c: c.model.update(dict(quantizer_type="fsq", fsq_levels=(4, 4), codebook_dim=0,
+                                   codebook_init="uniform", restart_unused_steps=0)),
+     "codebook_size=16"),
+    (lambda c: c.model.update(dict(quantizer_type="lfq", codebook_size=100, codebook_dim=0,
+                                   codebook_init="uniform", restart_unused_steps=0)),
+     "power of two"),
+    (lambda c: setattr(c.loss, "entropy_weight", 0.1), "entropy_temperature > 0"),
+    (lambda c: setattr(c.model, "quantizer_type", "rvq"), "quantizer_type"),
+    (lambda c: setattr(c.model, "codebook_init", "zeros"), "codebook_init"),
+    (lambda c: setattr(c.model, "quantizer_type", "fsq"), "fsq_levels"),
 ])
 def test_config_errors_say_what_to_change(config, tmp_path, change, message):
   change(config)
