@@ -9,7 +9,7 @@ KEYS = ("train_step_seconds", "train_images_per_second", "train_step_flops",
         "achieved_flops_per_second", "peak_matmul_flops_per_second", "fraction_of_peak",
         "encode_images_per_second", "decode_images_per_second", "vq_lookup",
         "sampling_tokens_per_second_kv", "sampling_tokens_per_second_naive", "device",
-        "batch_size", "image_size", "model")
+        "batch_size", "image_size", "model", "train_step_temp_bytes")
 MODEL_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "embed_dim",
               "codebook_size", "disc_layers")
 

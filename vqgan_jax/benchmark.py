@@ -8,8 +8,9 @@ excluded), on all local devices (the global batch sharded over them as in traini
 table and writes JSON with: train_step_seconds, train_images_per_second, train_step_flops (XLA
 cost analysis of the compiled step), achieved_flops_per_second, peak_matmul_flops_per_second
 (a large matmul measured in the same run: float32 on CPU, bfloat16 on GPU/TPU),
-fraction_of_peak, encode/decode_images_per_second, vq_lookup (seconds and XLA's peak bytes per
-codebook size at a fixed token count), sampling_tokens_per_second_kv / _naive, device,
+fraction_of_peak, train_step_temp_bytes (XLA's scratch memory of the step: what
+`--config.model.remat=True` lowers), encode/decode_images_per_second, vq_lookup (seconds and
+XLA's peak bytes per codebook size at a fixed token count, in the lookup dimension), sampling_tokens_per_second_kv / _naive, device,
 batch_size, image_size, model.
 """
 from __future__ import annotations
@@ -104,6 +105,8 @@ def bench_train_step(config, warmup: int, runs: int) -> dict[str, float]:
 
   seconds = time_call(one_step, warmup, runs)
   flops = _flops(compiled)
+  memory = compiled.memory_analysis()
+  temp_bytes = int(memory.temp_size_in_bytes) if memory is not None else None
 
   params = holder[0].params
   encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode_to_indices"))
@@ -115,6 +118,7 @@ def bench_train_step(config, warmup: int, runs: int) -> dict[str, float]:
           "train_images_per_second": config.batch_size / seconds,
           "train_step_flops": flops,
           "achieved_flops_per_second": flops / seconds,
+          "train_step_temp_bytes": temp_bytes,
           "encode_images_per_second": config.batch_size / encode_s,
           "decode_images_per_second": config.batch_size / decode_s}
 
@@ -173,14 +177,17 @@ def run_benchmark(config, prior_config=None, *, warmup: int = 2, runs: int = 5,
                 "attn_resolutions": list(config.model.attn_resolutions),
                 "z_channels": config.model.z_channels, "embed_dim": config.model.embed_dim,
                 "codebook_size": config.model.codebook_size,
-                "disc_layers": config.discriminator.num_layers},
+                "disc_layers": config.discriminator.num_layers,
+                "quantizer_type": config.model.quantizer_type,
+                "codebook_dim": config.model.codebook_dim, "remat": config.model.remat},
   }
   results["peak_matmul_flops_per_second"] = peak_matmul(matmul_size, warmup, runs)
   results.update(bench_train_step(config, warmup, runs))
   results["fraction_of_peak"] = (results["achieved_flops_per_second"]
                                  / results["peak_matmul_flops_per_second"])
-  results["vq_lookup"] = bench_vq_lookup(config.model.embed_dim, list(vq_sizes), vq_tokens,
-                                         warmup, runs, vq_chunk)
+  lookup_dim = config.model.codebook_dim or config.model.embed_dim
+  results["vq_lookup"] = bench_vq_lookup(lookup_dim, list(vq_sizes), vq_tokens, warmup, runs,
+                                         vq_chunk)
   results["sampling_tokens_per_second_kv"] = None
   results["sampling_tokens_per_second_naive"] = None
   if prior_config is not None:
