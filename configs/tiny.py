@@ -27,10 +27,15 @@ QUANTIZERS = {
     "cosine_lowdim_restart": dict(COSINE_LOWDIM, codebook_init="kmeans++",
                                   restart_unused_steps=50),
     "cosine_lowdim_entropy": dict(COSINE_LOWDIM, entropy_temperature=0.05),
+    "cosine_lowdim_restart_entropy": dict(COSINE_LOWDIM, codebook_init="kmeans++",
+                                          restart_unused_steps=50, entropy_temperature=0.05),
+    "cosine_4d_restart": dict(COSINE_LOWDIM, codebook_dim=4, codebook_init="kmeans++",
+                              restart_unused_steps=50),
     "fsq": dict(TAMING, quantizer_type="fsq", fsq_levels=(4, 4, 4, 4, 4)),
     "lfq": dict(TAMING, quantizer_type="lfq", entropy_temperature=0.01),
 }
 ENTROPY = {"cosine_lowdim_entropy": dict(entropy_weight=0.1),
+           "cosine_lowdim_restart_entropy": dict(entropy_weight=0.1),
            "lfq": dict(entropy_weight=0.1)}
 RECOMMENDED = "cosine_lowdim_restart"
 

@@ -13,8 +13,8 @@ from conftest import REPO, load_config
 from vqgan_jax import evaluate, evaluators, input_pipeline, metrics, sharding, train
 from vqgan_jax.tokenizer import load_tokenizer
 
-JSON_KEYS = ("rfid", "lpips", "psnr", "ssim", "l1", "codebook_usage", "perplexity", "num_images",
-             "step")
+JSON_KEYS = ("rfid", "lpips", "psnr", "ssim", "l1", "codebook_usage", "perplexity", "unused_codes",
+             "num_images", "step")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,8 @@ def test_training_evaluator_limits_images(trained):
       variables["params"])
   # The batches that cover the first 10 images, every image in them counted once.
   assert results["eval/num_images"] == math.ceil(10 / config.batch_size) * config.batch_size
-  assert set(results) == {"eval/num_images", "eval/codebook_usage", "eval/perplexity"}
+  assert set(results) == {"eval/num_images", "eval/codebook_usage", "eval/perplexity",
+                          "eval/unused_codes"}
 
 
 def test_eval_mode_writes_every_metric(trained):
