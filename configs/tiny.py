@@ -29,6 +29,11 @@ QUANTIZERS = {
     "cosine_lowdim_entropy": dict(COSINE_LOWDIM, entropy_temperature=0.05),
     "cosine_lowdim_restart_entropy": dict(COSINE_LOWDIM, codebook_init="kmeans++",
                                           restart_unused_steps=50, entropy_temperature=0.05),
+    "cosine_lowdim_restart_entropy_decay": dict(COSINE_LOWDIM, codebook_init="kmeans++",
+                                                restart_unused_steps=50,
+                                                entropy_temperature=0.05),
+    "cosine_lowdim_restart_entropy_low": dict(COSINE_LOWDIM, codebook_init="kmeans++",
+                                              restart_unused_steps=50, entropy_temperature=0.05),
     "cosine_4d_restart": dict(COSINE_LOWDIM, codebook_dim=4, codebook_init="kmeans++",
                               restart_unused_steps=50),
     "fsq": dict(TAMING, quantizer_type="fsq", fsq_levels=(4, 4, 4, 4, 4)),
@@ -36,6 +41,9 @@ QUANTIZERS = {
 }
 ENTROPY = {"cosine_lowdim_entropy": dict(entropy_weight=0.1),
            "cosine_lowdim_restart_entropy": dict(entropy_weight=0.1),
+           "cosine_lowdim_restart_entropy_decay": dict(
+               entropy_weight=0.1, entropy_schedule="linear", entropy_decay_steps=900),
+           "cosine_lowdim_restart_entropy_low": dict(entropy_weight=0.03),
            "lfq": dict(entropy_weight=0.1)}
 RECOMMENDED = "cosine_lowdim_restart"
 
