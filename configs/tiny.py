@@ -7,9 +7,13 @@
 32x32 random crops of the photos bundled with scikit-image and scikit-learn, a small f4 model
 (8x8 codes), LPIPS and the PatchGAN discriminator on. The discriminator learns from step 0 and
 reaches the generator after a warm-up, so the GAN term is trained before it is applied.
-taming's Euclidean lookup collapses at this scale (measured: perplexity 36 -> 10 in 100 steps
-with 512 32-d codes), so the codes are 8-d and l2-normalised (ViT-VQGAN / LlamaGen), which
-keeps ~100 codes per batch in use.
+
+Codebook: 1024 codes. taming's quantizer uses 5.6% of them on the eval split at this scale
+(`:taming`); the default is the README's recommended option (`RECOMMENDED` below): 32-d latents
+projected to l2-normalised 8-d codes, k-means++ initialisation, restarts of codes unused for 50
+steps, and an entropy penalty (0.1, temperature 0.05) decaying linearly to 0 by step 900. It
+measured 98.0% usage over the eval split with rFID 239.2 / LPIPS 0.470 vs taming's 252.2 / 0.471
+after the same 1200 steps. `--config=configs/tiny.py:NAME` trains any row of the README table.
 """
 from vqgan_jax.config_defaults import base_config
 
@@ -34,8 +38,6 @@ QUANTIZERS = {
                                                 entropy_temperature=0.05),
     "cosine_lowdim_restart_entropy_low": dict(COSINE_LOWDIM, codebook_init="kmeans++",
                                               restart_unused_steps=50, entropy_temperature=0.05),
-    "cosine_4d_restart": dict(COSINE_LOWDIM, codebook_dim=4, codebook_init="kmeans++",
-                              restart_unused_steps=50),
     "fsq": dict(TAMING, quantizer_type="fsq", fsq_levels=(4, 4, 4, 4, 4)),
     "lfq": dict(TAMING, quantizer_type="lfq", entropy_temperature=0.01),
 }
@@ -45,7 +47,8 @@ ENTROPY = {"cosine_lowdim_entropy": dict(entropy_weight=0.1),
                entropy_weight=0.1, entropy_schedule="linear", entropy_decay_steps=900),
            "cosine_lowdim_restart_entropy_low": dict(entropy_weight=0.03),
            "lfq": dict(entropy_weight=0.1)}
-RECOMMENDED = "cosine_lowdim_restart"
+NO_ENTROPY = dict(entropy_weight=0.0, entropy_schedule="constant", entropy_decay_steps=0)
+RECOMMENDED = "cosine_lowdim_restart_entropy_decay"
 
 
 def get_config(variant: str = ""):
@@ -75,6 +78,7 @@ def get_config(variant: str = ""):
   config.data.image_size = 32
   if variant in QUANTIZERS:
     config.model.update(QUANTIZERS[variant])
+    config.loss.update(NO_ENTROPY)
     config.loss.update(ENTROPY.get(variant, {}))
   elif variant == "test":
     config.num_train_steps = 4

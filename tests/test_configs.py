@@ -5,7 +5,8 @@ from conftest import load_config
 from vqgan_jax import config_checks, input_pipeline
 
 TINY_QUANTIZERS = ("taming", "cosine_lowdim", "ema", "ema_restart", "cosine_lowdim_restart",
-                   "cosine_lowdim_entropy", "cosine_lowdim_restart_entropy", "cosine_4d_restart", "fsq",
+                   "cosine_lowdim_entropy", "cosine_lowdim_restart_entropy", "cosine_lowdim_restart_entropy_decay",
+                   "cosine_lowdim_restart_entropy_low", "fsq",
                    "lfq")
 TOKENIZER_CONFIGS = [("tiny", ""), ("tiny", "test"), ("imagenet", ""), ("taming_f16", "1024"),
                      ("taming_f16", "16384")] + [("tiny", q) for q in TINY_QUANTIZERS]
@@ -60,3 +61,14 @@ def test_taming_release_configs_keep_tamings_quantizer():
     model = load_config("taming_f16", codebook).model
     assert (model.quantizer_type, model.l2_normalize, model.codebook_dim, model.ema_decay,
             model.codebook_init, model.restart_unused_steps) == ("vq", False, 0, 0.0, "uniform", 0)
+
+
+def test_tiny_default_is_the_recommended_variant():
+  module_config = load_config("tiny")
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
+  tiny = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tiny)
+  assert module_config.to_dict() == load_config("tiny", tiny.RECOMMENDED).to_dict()
+  assert module_config.model.codebook_size == 1024

@@ -48,3 +48,23 @@ def test_adaptive_weight_ratio_clip_and_no_gradient():
 def test_gated_factor_is_traced():
   gate = jax.jit(lambda step: losses.gated_factor(step, 10, 0.7))
   assert gate(9) == 0.0 and gate(10) == pytest.approx(0.7) and gate(11) == pytest.approx(0.7)
+
+
+def test_entropy_weight_schedules():
+  import ml_collections
+  config = lambda **kw: ml_collections.ConfigDict(dict(
+      dict(entropy_weight=0.1, entropy_schedule="constant", entropy_warmup_steps=0,
+           entropy_decay_steps=0), **kw))
+  constant = losses.entropy_weight_schedule(config())
+  np.testing.assert_allclose([constant(s) for s in (0, 10**6)], [0.1, 0.1])
+  linear = losses.entropy_weight_schedule(config(entropy_schedule="linear",
+                                                 entropy_decay_steps=900))
+  np.testing.assert_allclose([linear(s) for s in (0, 450, 900, 1200)], [0.1, 0.05, 0.0, 0.0],
+                             atol=1e-8)
+  assert all(float(linear(s)) >= 0.0 for s in range(0, 1200, 7))
+  warm = losses.entropy_weight_schedule(config(entropy_schedule="cosine", entropy_warmup_steps=100,
+                                               entropy_decay_steps=100))
+  np.testing.assert_allclose([warm(s) for s in (0, 50, 100, 150, 200)],
+                             [0.0, 0.05, 0.1, 0.05, 0.0], atol=1e-6)
+  with pytest.raises(ValueError, match="entropy_schedule"):
+    losses.entropy_weight_schedule(config(entropy_schedule="step"))

@@ -99,7 +99,8 @@ def entropy_weight_schedule(loss_config) -> Callable[[jax.Array], jax.Array]:
     after = optax.cosine_decay_schedule(weight, max(decay, 1))
   else:
     raise ValueError(f"config.loss.entropy_schedule={kind!r}; use one of {ENTROPY_SCHEDULES}.")
-  if warmup <= 0:
-    return lambda step: jnp.asarray(after(step), jnp.float32)
-  joined = optax.join_schedules([optax.linear_schedule(0.0, weight, warmup), after], [warmup])
-  return lambda step: jnp.asarray(joined(step), jnp.float32)
+  schedule = after
+  if warmup > 0:
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, weight, warmup), after], [warmup])
+  # Clipped at 0: a linear decay's float rounding may end a hair below it.
+  return lambda step: jnp.maximum(jnp.asarray(schedule(step), jnp.float32), 0.0)
