@@ -88,3 +88,16 @@ def test_unused_steps_and_perplexity():
   unused = codebook_ops.advance_unused_steps(jnp.array([0, 3, 5]), jnp.array([2, 0, 1]))
   np.testing.assert_array_equal(unused, [0, 4, 0])
   np.testing.assert_allclose(codebook_ops.perplexity(jnp.array([5, 5, 0, 0])), 2.0, rtol=1e-6)
+
+
+def test_entropy_gradient_is_finite_when_probabilities_underflow():
+  # LFQ-like: far codes at a sharp temperature give exactly-zero probabilities.
+  corners = jnp.array([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]]) * 30.0
+  vectors = jnp.array([[29.0, 31.0], [30.0, 29.5]])
+
+  def loss(v):
+    _, (sample, codebook) = codebook_ops.search(v, corners, entropy_temperature=0.01)
+    return sample - codebook
+
+  grad = jax.grad(loss)(vectors)
+  assert np.isfinite(np.asarray(grad)).all()

@@ -56,7 +56,10 @@ def search(vectors: jax.Array, codebook: jax.Array, *, chunk_size: int = 0,
   if not want_entropy:
     return indices, None
   mean_probs = prob_sum / n
-  return indices, (entropy_sum / n, jnp.sum(jax.scipy.special.entr(mean_probs)))
+  # -p log p with log clamped: `entr`'s gradient is infinite where a code's probability has
+  # underflowed to 0 (sharp temperatures, far codes), which would turn the step into NaNs.
+  codebook_entropy = -jnp.sum(mean_probs * jnp.log(jnp.maximum(mean_probs, 1e-30)))
+  return indices, (entropy_sum / n, codebook_entropy)
 
 
 def code_counts(indices: jax.Array, codebook_size: int) -> jax.Array:
