@@ -1,4 +1,4 @@
-"""Tiny VQGAN on the embedded photos: a 2-core CPU trains it in under 10 minutes.
+"""Tiny VQGAN on the embedded photos: a 2-core CPU trains it in about 10 minutes.
 
     python -m vqgan_jax.main --config=configs/tiny.py --workdir=workdirs/tiny
 
