@@ -28,3 +28,17 @@ def _compilation_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+  """(config, workdir) of `configs/tiny.py:test` trained for 2 steps; shared by the eval tests.
+
+  Tests that change the config take `config.copy_and_resolve_references()` first.
+  """
+  from vqgan_jax import train  # pylint: disable=g-import-not-at-top
+  config = load_config("tiny", "test")
+  config.num_train_steps = 2
+  workdir = tmp_path_factory.mktemp("trained") / "tiny"
+  train.train_and_evaluate(config, str(workdir))
+  return config, workdir

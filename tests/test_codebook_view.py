@@ -5,24 +5,13 @@ import os
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
 
-from conftest import REPO, load_config
-from vqgan_jax import codebook_view, input_pipeline, train
+from conftest import REPO
+from vqgan_jax import codebook_view, input_pipeline
 from vqgan_jax.tokenizer import load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  config = load_config("tiny", "test")
-  config.num_train_steps = 2
-  workdir = tmp_path_factory.mktemp("codebook") / "tiny"
-  train.train_and_evaluate(config, str(workdir))
-  return config, workdir
 
 
 def test_mode_codebook_writes_atlas_histogram_and_counts(trained):

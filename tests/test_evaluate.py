@@ -9,21 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, load_config
-from vqgan_jax import evaluate, evaluators, input_pipeline, metrics, sharding, train
+from conftest import REPO
+from vqgan_jax import evaluate, evaluators, input_pipeline, metrics, sharding
 from vqgan_jax.tokenizer import load_tokenizer
 
 JSON_KEYS = ("rfid", "lpips", "psnr", "ssim", "l1", "codebook_usage", "perplexity", "unused_codes",
              "num_images", "step")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  config = load_config("tiny", "test")
-  config.num_train_steps = 2
-  workdir = tmp_path_factory.mktemp("eval") / "tiny"
-  train.train_and_evaluate(config, str(workdir))
-  return config, workdir
 
 
 def _all_eval_images(config):
