@@ -26,11 +26,8 @@ QUANTIZERS = {
     "taming": TAMING,
     "cosine_lowdim": COSINE_LOWDIM,
     "ema": dict(TAMING, ema_decay=0.99),
-    "ema_restart": dict(TAMING, ema_decay=0.99, codebook_init="kmeans++",
-                        restart_unused_steps=50),
     "cosine_lowdim_restart": dict(COSINE_LOWDIM, codebook_init="kmeans++",
                                   restart_unused_steps=50),
-    "cosine_lowdim_entropy": dict(COSINE_LOWDIM, entropy_temperature=0.05),
     "cosine_lowdim_restart_entropy": dict(COSINE_LOWDIM, codebook_init="kmeans++",
                                           restart_unused_steps=50, entropy_temperature=0.05),
     "cosine_lowdim_restart_entropy_decay": dict(COSINE_LOWDIM, codebook_init="kmeans++",
@@ -41,8 +38,7 @@ QUANTIZERS = {
     "fsq": dict(TAMING, quantizer_type="fsq", fsq_levels=(4, 4, 4, 4, 4)),
     "lfq": dict(TAMING, quantizer_type="lfq", entropy_temperature=0.01),
 }
-ENTROPY = {"cosine_lowdim_entropy": dict(entropy_weight=0.1),
-           "cosine_lowdim_restart_entropy": dict(entropy_weight=0.1),
+ENTROPY = {"cosine_lowdim_restart_entropy": dict(entropy_weight=0.1),
            "cosine_lowdim_restart_entropy_decay": dict(
                entropy_weight=0.1, entropy_schedule="linear", entropy_decay_steps=900),
            "cosine_lowdim_restart_entropy_low": dict(entropy_weight=0.03),

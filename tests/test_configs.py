@@ -4,10 +4,9 @@ import pytest
 from conftest import load_config
 from vqgan_jax import config_checks, input_pipeline
 
-TINY_QUANTIZERS = ("taming", "cosine_lowdim", "ema", "ema_restart", "cosine_lowdim_restart",
-                   "cosine_lowdim_entropy", "cosine_lowdim_restart_entropy", "cosine_lowdim_restart_entropy_decay",
-                   "cosine_lowdim_restart_entropy_low", "fsq",
-                   "lfq")
+TINY_QUANTIZERS = ("taming", "cosine_lowdim", "ema", "cosine_lowdim_restart",
+                   "cosine_lowdim_restart_entropy", "cosine_lowdim_restart_entropy_decay",
+                   "cosine_lowdim_restart_entropy_low", "fsq", "lfq")
 TOKENIZER_CONFIGS = [("tiny", ""), ("tiny", "test"), ("imagenet", ""), ("taming_f16", "1024"),
                      ("taming_f16", "16384")] + [("tiny", q) for q in TINY_QUANTIZERS]
 PRIOR_CONFIGS = [("tiny_prior", ""), ("tiny_prior", "test"), ("imagenet_prior", "")]
