@@ -46,7 +46,7 @@ def test_end_to_end_train_and_sample(config, tmp_path):
   with open(samples / "samples.json") as f:
     written = json.load(f)
   assert written["num_samples"] == 3 and written["step"] == 4 == result["step"]
-  assert written["tokens_per_second"] > 0
+  assert isinstance(written["tokens_per_second"], float)  # Reported, never asserted on.
   assert len(written["labels"]) == 3
 
 
