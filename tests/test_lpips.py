@@ -55,6 +55,28 @@ def test_gradient_is_finite_and_vanishes_at_identical_images():
   assert np.max(np.abs(at_same)) < 1e-6 * np.max(np.abs(at_other))
 
 
+@pytest.mark.parametrize("size", [2, 6])  # the im2col path (< 3 pixels) and lax.conv
+def test_frozen_conv_gradients_equal_plain_autodiff(size):
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(2, size, size, 4)).astype(np.float32))
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 5)).astype(np.float32))
+  cotangent = jnp.asarray(rng.normal(size=(2, size, size, 5)).astype(np.float32))
+  plain = lambda x, k: jax.lax.conv_general_dilated(
+      x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  frozen = lambda x, k: lpips.frozen_conv3x3(x, k, lpips.backward_kernel(k))
+  np.testing.assert_allclose(frozen(x, kernel), plain(x, kernel), rtol=1e-5, atol=1e-5)
+  expected = jax.vjp(plain, x, kernel)[1](cotangent)
+  got = jax.vjp(frozen, x, kernel)[1](cotangent)
+  for a, b in zip(got, expected):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_loaded_backward_kernels_match_their_kernels():
+  for layer in lpips.load_lpips_params()["vgg"].values():
+    np.testing.assert_array_equal(layer["kernel_backward"],
+                                  np.asarray(lpips.backward_kernel(layer["kernel"])))
+
+
 def test_normalize_channels_matches_lpips_formula_and_has_finite_gradient():
   features = _random_images(4, (3, 5, 7))
   expected = features / (np.sqrt(np.sum(features**2, axis=-1, keepdims=True)) + 1e-10)

@@ -3,14 +3,15 @@
     python -m vqgan_jax.benchmark --config=configs/tiny.py [--prior_config=configs/tiny_prior.py] \
         [--out=bench.json]
 
-Every number is the median of `--runs` timed calls after `--warmup` untimed ones (compilation
-excluded), on all local devices (the global batch sharded over them as in training). Prints a
-table and writes JSON with: train_step_seconds, train_images_per_second, train_step_flops (XLA
-cost analysis of the compiled step), achieved_flops_per_second, peak_matmul_flops_per_second
-(a large matmul measured in the same run: float32 on CPU, bfloat16 on GPU/TPU),
-fraction_of_peak, train_step_temp_bytes (XLA's scratch memory of the step: what
-`--config.model.remat=True` lowers), encode/decode_images_per_second, vq_lookup (seconds and
-XLA's peak bytes per codebook size at a fixed token count, in the lookup dimension), sampling_tokens_per_second_kv / _naive, device,
+Every time is the median of `--runs` timed calls after `--warmup` untimed ones (compilation
+excluded), on all devices (the global batch sharded over them exactly as in training). Prints a
+table and writes JSON with: train_step_seconds, train_images_per_second, train_step_flops (XLA's
+cost analysis of the compiled step, summed over devices), achieved_flops_per_second,
+peak_matmul_flops_per_second (the fastest of `--runs` large matmuls on every device at once in
+the same run: float32 on CPU, bfloat16 on GPU/TPU), fraction_of_peak, train_step_temp_bytes
+(XLA's scratch memory of the step: what `--config.model.remat=True` lowers),
+encode/decode_images_per_second, vq_lookup (seconds and XLA's peak bytes per codebook size at a
+fixed token count, in the lookup dimension), sampling_tokens_per_second_kv / _naive, device,
 batch_size, image_size, model.
 """
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string("out", None, "Write the results as JSON here.")
   flags.DEFINE_integer("warmup", 2, "Untimed calls before timing.")
-  flags.DEFINE_integer("runs", 5, "Timed calls; the median is reported.")
+  flags.DEFINE_integer("runs", 10, "Timed calls; the median is reported (the best, for "
+                       "the peak matmul).")
   flags.DEFINE_list("vq_sizes", ["1024", "4096", "16384", "65536"], "Codebook sizes to time.")
   flags.DEFINE_integer("vq_tokens", 16384, "Tokens per quantizer lookup.")
   flags.DEFINE_integer("vq_chunk", 2048, "Also time the chunked lookup with this many tokens per "
@@ -51,8 +53,8 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
-def time_call(fn: Callable[[], Any], warmup: int, runs: int) -> float:
-  """Median seconds of `fn()` (blocked until ready) over `runs` after `warmup` calls."""
+def time_calls(fn: Callable[[], Any], warmup: int, runs: int) -> list[float]:
+  """Seconds of each of `runs` calls of `fn()` (blocked until ready) after `warmup` calls."""
   for _ in range(warmup):
     jax.block_until_ready(fn())
   times = []
@@ -60,23 +62,37 @@ def time_call(fn: Callable[[], Any], warmup: int, runs: int) -> float:
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return times
+
+
+def time_call(fn: Callable[[], Any], warmup: int, runs: int) -> float:
+  """Median seconds of `fn()` over `runs` calls after `warmup` calls."""
+  return statistics.median(time_calls(fn, warmup, runs))
 
 
 def _flops(compiled) -> float:
+  """FLOPs of one call of a compiled SPMD program on ONE device (XLA's cost analysis)."""
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):
     analysis = analysis[0] if analysis else {}
   return float((analysis or {}).get("flops", float("nan")))
 
 
-def peak_matmul(n: int, warmup: int, runs: int) -> float:
-  """FLOP/s of an n x n x n matmul in the fastest dtype for dense math on this platform."""
+def peak_matmul(n: int, warmup: int, runs: int, mesh=None) -> float:
+  """The machine's dense matmul limit in FLOP/s: every device of `mesh` multiplies its own
+  n x n pair at once (float32 on CPU, bfloat16 on GPU/TPU); the fastest of `runs` calls.
+
+  Forced CPU devices share the host's cores, so on a CPU this is the host's peak however many
+  devices it is split into; on accelerators it is the sum over the chips.
+  """
+  mesh = mesh or sharding.create_mesh()
+  devices = mesh.devices.size
   dtype = jnp.float32 if jax.devices()[0].platform == "cpu" else jnp.bfloat16
-  a = jnp.ones((n, n), dtype)
-  b = jnp.ones((n, n), dtype)
-  matmul = jax.jit(jnp.matmul).lower(a, b).compile()
-  return 2.0 * n ** 3 / time_call(lambda: matmul(a, b), warmup, runs)
+  stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+  a = jax.device_put(jnp.ones((devices, n, n), dtype), stacked)
+  b = jax.device_put(jnp.ones((devices, n, n), dtype), stacked)
+  matmul = jax.jit(jnp.matmul, out_shardings=stacked).lower(a, b).compile()
+  return 2.0 * n ** 3 * devices / min(time_calls(lambda: matmul(a, b), warmup, runs))
 
 
 def bench_train_step(config, warmup: int, runs: int) -> dict[str, float]:
@@ -93,9 +109,7 @@ def bench_train_step(config, warmup: int, runs: int) -> dict[str, float]:
   images = np.random.default_rng(0).uniform(-1, 1, (config.batch_size, h, w, 3)).astype(np.float32)
   batch = sharding.global_batch({"image": images}, mesh)
   lpips_params = jax.device_put(load_lpips_params(), sharding.replicated(mesh))
-  step = jax.jit(functools.partial(train.train_step, config=config, model=model, disc=disc,
-                                   tx=tx, disc_tx=disc_tx, lr_schedule=schedule),
-                 donate_argnums=(0,))
+  step = train.jit_train_step(config, model, disc, tx, disc_tx, schedule, shardings, mesh)
   compiled = step.lower(state, batch, lpips_params).compile()
   holder = [state]
 
@@ -104,7 +118,7 @@ def bench_train_step(config, warmup: int, runs: int) -> dict[str, float]:
     return metrics
 
   seconds = time_call(one_step, warmup, runs)
-  flops = _flops(compiled)
+  flops = _flops(compiled) * mesh.devices.size  # The step's FLOPs over all devices.
   memory = compiled.memory_analysis()
   temp_bytes = int(memory.temp_size_in_bytes) if memory is not None else None
 
@@ -164,7 +178,7 @@ def bench_sampling(prior_config, tokenizer_config, warmup: int, runs: int) -> di
   return out
 
 
-def run_benchmark(config, prior_config=None, *, warmup: int = 2, runs: int = 5,
+def run_benchmark(config, prior_config=None, *, warmup: int = 2, runs: int = 10,
                   vq_sizes=(1024, 4096, 16384, 65536), vq_tokens: int = 16384,
                   vq_chunk: int = 2048, matmul_size: int = 4096) -> dict[str, Any]:
   results: dict[str, Any] = {

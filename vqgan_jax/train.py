@@ -250,6 +250,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
   return new_state, metrics
 
 
+def jit_train_step(config, model, disc, tx, disc_tx, lr_schedule, state_shardings, mesh):
+  """`train_step` jitted with the state donated and its shardings pinned on both sides, so
+  the output state feeds the next call (and the AOT-compiled one) unchanged."""
+  replicated = sharding.replicated(mesh)
+  return jax.jit(
+      functools.partial(train_step, config=config, model=model, disc=disc, tx=tx,
+                        disc_tx=disc_tx, lr_schedule=lr_schedule),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,))
+
+
 def _restore_init_from(state: TrainState, init_from: str, shardings: TrainState) -> TrainState:
   """Fine-tuning: generator (and discriminator, when present) weights from another workdir."""
   raw, step = checkpoints.restore_raw_state(init_from)
@@ -302,14 +314,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpointer, state, state_shardings, position = training_loop.create_or_restore(
       init, config, workdir, mesh, init_from=init_from)
 
-  replicated = sharding.replicated(mesh)
-  lpips_params = jax.device_put(load_lpips_params(), replicated)
-  jitted_step = jax.jit(
-      functools.partial(train_step, config=config, model=model, disc=disc, tx=tx,
-                        disc_tx=disc_tx, lr_schedule=lr_schedule),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
-      out_shardings=(state_shardings, replicated),
-      donate_argnums=(0,))
+  lpips_params = jax.device_put(load_lpips_params(), sharding.replicated(mesh))
+  jitted_step = jit_train_step(config, model, disc, tx, disc_tx, lr_schedule, state_shardings,
+                               mesh)
 
   local_batch_size = config.batch_size // jax.process_count()
   eval_batch = next(iter(input_pipeline.create_eval_iterator(

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqgan_jax.models.group_norm import GroupNorm
 from vqgan_jax.models.quantizer import QuantizerOutput, VectorQuantizer
 from vqgan_jax.models.scalar_quantizers import FiniteScalarQuantizer, LookupFreeQuantizer
 
@@ -46,10 +47,9 @@ def _conv(features: int, kernel: int, dtype: Any, name: str | None = None, *,
                  dtype=dtype, param_dtype=jnp.float32, kernel_init=_torch_kernel_init, name=name)
 
 
-def _group_norm(dtype: Any, name: str | None = None) -> nn.GroupNorm:
+def _group_norm(dtype: Any, name: str | None = None) -> GroupNorm:
   # Two-pass variance like torch; the fast E[x^2]-E[x]^2 form loses digits on large activations.
-  return nn.GroupNorm(num_groups=GROUPS, epsilon=1e-6, use_fast_variance=False, dtype=dtype,
-                      param_dtype=jnp.float32, name=name)
+  return GroupNorm(num_groups=GROUPS, epsilon=1e-6, dtype=dtype, name=name)
 
 
 class ResnetBlock(nn.Module):

