@@ -71,6 +71,19 @@ def test_frozen_conv_gradients_equal_plain_autodiff(size):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_max_pool_and_its_gradient_equal_flax_ties_included():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(6)
+  x = np.maximum(rng.normal(size=(2, 6, 8, 3)), 0).astype(np.float32)  # ReLU zeros tie
+  x[0, 0, :2, 0] = x[0, 1, 0, 0] = 5.0  # three tied maxima in one window
+  x = jnp.asarray(x)
+  cotangent = jnp.asarray(rng.normal(size=(2, 3, 4, 3)).astype(np.float32))
+  reference = lambda a: nn.max_pool(a, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(lpips.max_pool_2x2(x), reference(x))
+  np.testing.assert_array_equal(jax.vjp(lpips.max_pool_2x2, x)[1](cotangent)[0],
+                                jax.vjp(reference, x)[1](cotangent)[0])
+
+
 def test_loaded_backward_kernels_match_their_kernels():
   for layer in lpips.load_lpips_params()["vgg"].values():
     np.testing.assert_array_equal(layer["kernel_backward"],
