@@ -140,3 +140,23 @@ def test_remat_gives_the_same_parameters_outputs_and_gradients():
   jaxpr = str(jax.make_jaxpr(lambda p: jax.grad(
       lambda q: jnp.mean(remat.apply({'params': q}, images)[0]))(p))(params))
   assert 'remat' in jaxpr or 'checkpoint' in jaxpr
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 4, 8), (1, 3, 5, 16)])
+def test_upsample_conv_equals_nearest_upsample_then_conv(shape):
+  from vqgan_jax.models.autoencoder import upsample_conv3x3  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+  kernel = jnp.asarray(rng.normal(size=(3, 3, shape[-1], 6)).astype(np.float32))
+
+  def reference(x, kernel):
+    up = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return jax.lax.conv_general_dilated(up, kernel, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  expected = reference(x, kernel)
+  np.testing.assert_allclose(upsample_conv3x3(x, kernel), expected, rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.normal(size=expected.shape).astype(np.float32))
+  for got, want in zip(jax.vjp(upsample_conv3x3, x, kernel)[1](cotangent),
+                       jax.vjp(reference, x, kernel)[1](cotangent)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

