@@ -116,7 +116,9 @@ def test_sharded_step_equals_single_device(config, option):
               "grad_norm/generator", "grad_norm/discriminator", "codebook/perplexity",
               "codebook/window_usage", "codebook/restarts", "loss/entropy"):
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-4, atol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+  # The codebook state holds encoder outputs of those parameters (the k-means++ buffer), so
+  # it inherits their tolerance.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2 * lr_sum),
                s8.codebook_state, s1.codebook_state)
   if option == "vq_all_options":
     quantizer_state = s8.codebook_state["quantizer"]
