@@ -71,13 +71,15 @@ def test_frozen_conv_gradients_equal_plain_autodiff(size):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_max_pool_and_its_gradient_equal_flax_ties_included():
+@pytest.mark.parametrize("shape", [(2, 6, 8, 3), (2, 7, 5, 3)])  # odd sizes drop the last row
+def test_max_pool_and_its_gradient_equal_flax_ties_included(shape):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(6)
-  x = np.maximum(rng.normal(size=(2, 6, 8, 3)), 0).astype(np.float32)  # ReLU zeros tie
+  x = np.maximum(rng.normal(size=shape), 0).astype(np.float32)  # ReLU zeros tie
   x[0, 0, :2, 0] = x[0, 1, 0, 0] = 5.0  # three tied maxima in one window
   x = jnp.asarray(x)
-  cotangent = jnp.asarray(rng.normal(size=(2, 3, 4, 3)).astype(np.float32))
+  cotangent = jnp.asarray(
+      rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, 3)).astype(np.float32))
   reference = lambda a: nn.max_pool(a, (2, 2), strides=(2, 2))
   np.testing.assert_array_equal(lpips.max_pool_2x2(x), reference(x))
   np.testing.assert_array_equal(jax.vjp(lpips.max_pool_2x2, x)[1](cotangent)[0],

@@ -89,7 +89,7 @@ def load_lpips_params() -> dict:
   vgg = {}
   for i in range(13):
     layer = {k: frozen(v) for k, v in raw['VGG16_0'][f'Conv_{i}'].items()}
-    layer['kernel_backward'] = frozen(np.transpose(layer['kernel'][::-1, ::-1], (0, 1, 3, 2)))
+    layer['kernel_backward'] = frozen(backward_kernel(layer['kernel']))
     vgg[f'conv_{i}'] = layer
   lins = {f'lin_{i}': {'kernel': frozen(raw[f'NetLinLayer_{i}']['Conv_0']['kernel'])}
           for i in range(len(TAP_CHANNELS))}
@@ -111,7 +111,7 @@ def normalize_channels(features: jax.Array) -> jax.Array:
 def backward_kernel(kernel: jax.Array) -> jax.Array:
   """The kernel whose 'same' conv is the input gradient of a 3x3 'same' conv with `kernel`:
   spatially flipped, input and output channels swapped (HWIO -> HW(O)(I))."""
-  return jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+  return kernel[::-1, ::-1].swapaxes(2, 3)  # numpy or jax arrays alike.
 
 
 def _same_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -135,8 +135,8 @@ def _same_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def frozen_conv3x3(x: jax.Array, kernel: jax.Array, kernel_backward: jax.Array) -> jax.Array:
   """`_same_conv3x3(x, kernel)` whose input gradient convolves with `kernel_backward`
   (= `backward_kernel(kernel)`, computed once at load) instead of flipping and transposing the
-  frozen kernel inside every training step: autodiff re-derives it each step, 59 MB of VGG
-  weights, ~8% of the tiny CPU train step."""
+  frozen kernel inside every training step (autodiff re-derives it each step: 59 MB of VGG
+  weights, ~3% of the tiny CPU train step's time)."""
   return _same_conv3x3(x, kernel)
 
 
@@ -157,18 +157,19 @@ frozen_conv3x3.defvjp(_frozen_conv3x3_fwd, _frozen_conv3x3_bwd)
 
 @jax.custom_vjp
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 stride-2 max-pool of NHWC `x` (even H and W), as `nn.max_pool(x, (2, 2), (2, 2))`.
+  """2x2 stride-2 VALID max-pool of NHWC `x`, as `nn.max_pool(x, (2, 2), (2, 2))` (an odd
+  last row or column is dropped).
 
   Its gradient goes to the first maximum of each window (row-major), like XLA's
   select-and-scatter, but as a few elementwise ops on a (B, H/2, 2, W/2, 2, C) view; the
-  generic reduce-window gradient cost ~3.5% of the tiny CPU train step in iotas and scatters.
+  generic reduce-window gradient (iotas and scatters) cost ~2% of the tiny CPU train step.
   """
   return _windows(x).max(axis=(2, 4))
 
 
 def _windows(x: jax.Array) -> jax.Array:
   b, h, w, c = x.shape
-  return x.reshape(b, h // 2, 2, w // 2, 2, c)
+  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
 
 
 def _max_pool_2x2_fwd(x):
@@ -184,7 +185,9 @@ def _max_pool_2x2_bwd(residuals, cotangent):
   first = flat & (jnp.cumsum(flat, axis=-1) == 1)
   first = jnp.moveaxis(first.reshape(*pooled.shape, 2, 2), (4, 5), (2, 4))
   grad = jnp.where(first, cotangent[:, :, None, :, None], 0).astype(x.dtype)
-  return (grad.reshape(x.shape),)
+  b, h, w, c = x.shape
+  grad = grad.reshape(b, h // 2 * 2, w // 2 * 2, c)
+  return (jnp.pad(grad, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
 
 
 max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
