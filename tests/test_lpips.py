@@ -55,7 +55,7 @@ def test_gradient_is_finite_and_vanishes_at_identical_images():
   assert np.max(np.abs(at_same)) < 1e-6 * np.max(np.abs(at_other))
 
 
-@pytest.mark.parametrize("size", [2, 6])  # the im2col path (< 3 pixels) and lax.conv
+@pytest.mark.parametrize("size", [2, 4, 6])  # the im2col path (<= 4 pixels) and lax.conv
 def test_frozen_conv_gradients_equal_plain_autodiff(size):
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.normal(size=(2, size, size, 4)).astype(np.float32))
