@@ -56,18 +56,23 @@ def test_gradient_is_finite_and_vanishes_at_identical_images():
 
 
 @pytest.mark.parametrize("size", [2, 4, 6])  # the im2col path (<= 4 pixels) and lax.conv
-def test_frozen_conv_gradients_equal_plain_autodiff(size):
+@pytest.mark.parametrize("batches", [1, 2])  # two batches share one matmul on small maps
+def test_frozen_conv_gradients_equal_plain_autodiff(size, batches):
   rng = np.random.default_rng(5)
-  x = jnp.asarray(rng.normal(size=(2, size, size, 4)).astype(np.float32))
+  xs = tuple(jnp.asarray(rng.normal(size=(2, size, size, 4)).astype(np.float32))
+             for _ in range(batches))
   kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 5)).astype(np.float32))
-  cotangent = jnp.asarray(rng.normal(size=(2, size, size, 5)).astype(np.float32))
-  plain = lambda x, k: jax.lax.conv_general_dilated(
+  cotangents = tuple(jnp.asarray(rng.normal(size=(2, size, size, 5)).astype(np.float32))
+                     for _ in range(batches))
+  conv = lambda x, k: jax.lax.conv_general_dilated(
       x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  frozen = lambda x, k: lpips.frozen_conv3x3(x, k, lpips.backward_kernel(k))
-  np.testing.assert_allclose(frozen(x, kernel), plain(x, kernel), rtol=1e-5, atol=1e-5)
-  expected = jax.vjp(plain, x, kernel)[1](cotangent)
-  got = jax.vjp(frozen, x, kernel)[1](cotangent)
-  for a, b in zip(got, expected):
+  plain = lambda xs, k: tuple(conv(x, k) for x in xs)
+  frozen = lambda xs, k: lpips.frozen_conv3x3(xs, k, lpips.backward_kernel(k))
+  for got, expected in zip(frozen(xs, kernel), plain(xs, kernel)):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  expected = jax.vjp(plain, xs, kernel)[1](cotangents)
+  got = jax.vjp(frozen, xs, kernel)[1](cotangents)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 

@@ -114,6 +114,18 @@ def backward_kernel(kernel: jax.Array) -> jax.Array:
   return kernel[::-1, ::-1].swapaxes(2, 3)  # numpy or jax arrays alike.
 
 
+def _is_small(x: jax.Array) -> bool:
+  return min(x.shape[1:3]) <= 4
+
+
+def _im2col(x: jax.Array) -> jax.Array:
+  """(B, H, W, C) -> (B, H, W, 9C): the 3x3 'same' neighbourhood of every pixel."""
+  h, w = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return jnp.concatenate([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)],
+                         axis=-1)
+
+
 def _same_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """3x3 stride-1 'same' conv, NHWC x HWIO.
 
@@ -122,35 +134,53 @@ def _same_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   made LPIPS 5x slower than the whole generator step, and is ~20% slower than the matmul at
   4x4x512 (the tiny train step: -4%). From 8x8 on, XLA's conv is the faster.
   """
-  if min(x.shape[1:3]) <= 4:
-    h, w = x.shape[1:3]
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    columns = jnp.concatenate(
-        [padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=-1)
-    return columns @ kernel.reshape(-1, kernel.shape[-1])
+  if _is_small(x):
+    return _im2col(x) @ kernel.reshape(-1, kernel.shape[-1])
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
+def _same_conv3x3_each(xs: tuple[jax.Array, ...], kernel: jax.Array) -> tuple[jax.Array, ...]:
+  """`_same_conv3x3` of each batch in `xs`; small maps share one matmul.
+
+  At 4x4 and below the im2col matmul has only B*H*W rows, so it is bound by reading the
+  4608 x 512 kernel: one matmul over both LPIPS inputs reads it once instead of twice (LPIPS
+  value-and-grad at 8x32x32: 95.8 -> 87.3 ms; the tiny train step -3.3%).
+  """
+  if len(xs) == 1 or not _is_small(xs[0]):
+    return tuple(_same_conv3x3(x, kernel) for x in xs)
+  columns = jnp.concatenate([_im2col(x) for x in xs], axis=0)
+  out = columns @ kernel.reshape(-1, kernel.shape[-1])
+  return tuple(jnp.split(out, len(xs), axis=0))
+
+
 @jax.custom_vjp
-def frozen_conv3x3(x: jax.Array, kernel: jax.Array, kernel_backward: jax.Array) -> jax.Array:
-  """`_same_conv3x3(x, kernel)` whose input gradient convolves with `kernel_backward`
-  (= `backward_kernel(kernel)`, computed once at load) instead of flipping and transposing the
-  frozen kernel inside every training step (autodiff re-derives it each step: 59 MB of VGG
-  weights, ~3% of the tiny CPU train step's time)."""
-  return _same_conv3x3(x, kernel)
+def frozen_conv3x3(xs: tuple[jax.Array, ...], kernel: jax.Array,
+                   kernel_backward: jax.Array) -> tuple[jax.Array, ...]:
+  """`_same_conv3x3(x, kernel)` of each same-shape batch x in `xs`, whose input gradient
+  convolves with `kernel_backward` (= `backward_kernel(kernel)`, computed once at load) instead
+  of flipping and transposing the frozen kernel inside every training step (autodiff re-derives
+  it each step: 59 MB of VGG weights, ~3% of the tiny CPU train step's time).
+
+  The forward pass of small maps runs all batches as one matmul (`_same_conv3x3_each`); the
+  backward pass is per batch, so XLA drops the gradient of an input nobody differentiates.
+  """
+  return _same_conv3x3_each(xs, kernel)
 
 
-def _frozen_conv3x3_fwd(x, kernel, kernel_backward):
-  return _same_conv3x3(x, kernel), (x, kernel, kernel_backward)
+def _frozen_conv3x3_fwd(xs, kernel, kernel_backward):
+  return _same_conv3x3_each(xs, kernel), (xs, kernel, kernel_backward)
 
 
-def _frozen_conv3x3_bwd(residuals, cotangent):
-  x, kernel, kernel_backward = residuals
+def _frozen_conv3x3_bwd(residuals, cotangents):
+  xs, kernel, kernel_backward = residuals
+  input_grads = tuple(_same_conv3x3(ct, kernel_backward) for ct in cotangents)
   # The kernel's gradient stays correct; XLA drops it when (as always in training) it is unused.
-  _, kernel_pullback = jax.vjp(lambda k: _same_conv3x3(x, k), kernel)
-  return (_same_conv3x3(cotangent, kernel_backward), kernel_pullback(cotangent)[0],
-          jnp.zeros_like(kernel_backward))
+  kernel_grad = jnp.zeros_like(kernel)
+  for x, ct in zip(xs, cotangents):
+    _, kernel_pullback = jax.vjp(lambda k, x=x: _same_conv3x3(x, k), kernel)
+    kernel_grad = kernel_grad + kernel_pullback(ct)[0]
+  return input_grads, kernel_grad, jnp.zeros_like(kernel_backward)
 
 
 frozen_conv3x3.defvjp(_frozen_conv3x3_fwd, _frozen_conv3x3_bwd)
@@ -196,37 +226,37 @@ max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 class Conv3x3(nn.Module):
   """3x3 'same' conv with bias (`nn.Conv`'s parameter names and HWIO layout) plus the frozen
-  kernel's `kernel_backward` (see `frozen_conv3x3`)."""
+  kernel's `kernel_backward` (see `frozen_conv3x3`), applied to each batch of a tuple."""
   features: int
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, xs: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
-                        (3, 3, x.shape[-1], self.features), jnp.float32)
+                        (3, 3, xs[0].shape[-1], self.features), jnp.float32)
     kernel_backward = self.param('kernel_backward', lambda _: backward_kernel(kernel))
     bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-    y = frozen_conv3x3(x.astype(self.dtype), kernel.astype(self.dtype),
-                       kernel_backward.astype(self.dtype))
-    return y + bias.astype(self.dtype)
+    ys = frozen_conv3x3(tuple(x.astype(self.dtype) for x in xs), kernel.astype(self.dtype),
+                        kernel_backward.astype(self.dtype))
+    return tuple(y + bias.astype(self.dtype) for y in ys)
 
 
 class VGG16Features(nn.Module):
-  """torchvision VGG16 `features` up to relu5_3; returns the five LPIPS taps."""
+  """torchvision VGG16 `features` up to relu5_3; returns the five LPIPS taps of each of the
+  same-shape batches `xs` (run side by side, see `frozen_conv3x3`)."""
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> list[jax.Array]:
+  def __call__(self, xs: tuple[jax.Array, ...]) -> list[tuple[jax.Array, ...]]:
     taps, conv_index = [], 0
     for i, layer in enumerate(VGG16_LAYERS):
       if layer == 'M':
-        x = max_pool_2x2(x)
+        xs = tuple(max_pool_2x2(x) for x in xs)
         continue
-      x = Conv3x3(layer, self.dtype, name=f'conv_{conv_index}')(x)
-      x = nn.relu(x)
+      xs = tuple(nn.relu(y) for y in Conv3x3(layer, self.dtype, name=f'conv_{conv_index}')(xs))
       conv_index += 1
       if i + 1 == len(VGG16_LAYERS) or VGG16_LAYERS[i + 1] == 'M':
-        taps.append(x)
+        taps.append(xs)
     return taps
 
 
@@ -263,7 +293,7 @@ class LPIPS(nn.Module):
     scaled = lambda images: ((images.astype(jnp.float32) - jnp.asarray(SHIFT)) /
                              jnp.asarray(SCALE)).astype(self.dtype)
     distance = jnp.zeros((x.shape[0],), jnp.float32)
-    for i, (tap_x, tap_y) in enumerate(zip(vgg(scaled(x)), vgg(scaled(y)))):
+    for i, (tap_x, tap_y) in enumerate(vgg((scaled(x), scaled(y)))):
       fx = normalize_channels(tap_x.astype(jnp.float32))
       fy = normalize_channels(tap_y.astype(jnp.float32))
       weighted = LinearLayer(name=f'lin_{i}')(jnp.square(fx - fy))
