@@ -76,6 +76,23 @@ def test_frozen_conv_gradients_equal_plain_autodiff(size, batches):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_plain_convs_give_the_same_distance_and_count_only_flops_inside_the_image():
+  rng = np.random.default_rng(7)
+  x, y = (jnp.asarray(rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)) for _ in range(2))
+  params = lpips.load_lpips_params()
+
+  def lowered():  # A fresh function each time, so jit traces it again.
+    return jax.jit(lambda p, a, b: lpips.LPIPS().apply({"params": p}, a, b)).lower(params, x, y)
+
+  im2col = lowered().compile()
+  with lpips.plain_convs():
+    plain = lowered().compile()
+  assert lpips.IM2COL_MAX_SIZE == 4  # restored
+  np.testing.assert_allclose(plain(params, x, y), im2col(params, x, y), rtol=1e-5, atol=1e-6)
+  flops = lambda compiled: compiled.cost_analysis()["flops"]
+  assert flops(plain) < flops(im2col)
+
+
 @pytest.mark.parametrize("shape", [(2, 6, 8, 3), (2, 7, 5, 3)])  # odd sizes drop the last row
 def test_max_pool_and_its_gradient_equal_flax_ties_included(shape):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top

