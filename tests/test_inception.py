@@ -17,11 +17,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
 
 @pytest.fixture(scope="module", autouse=True)
 def _weight_cache(tmp_path_factory):
-  """Converted weights go to a temporary cache, not the user's."""
+  """Converted weights go to a temporary cache, not the user's. The weights an earlier test
+  module left loaded in this process are dropped, so they are converted into this cache."""
   cache = tmp_path_factory.mktemp("vqgan_jax_cache")
+  metrics._device_inception_params.cache_clear()  # pylint: disable=protected-access
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv("VQGAN_JAX_CACHE", str(cache))
     yield cache
+  metrics._device_inception_params.cache_clear()  # pylint: disable=protected-access
 
 
 def _photos(size: int) -> np.ndarray:
