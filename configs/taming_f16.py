@@ -7,12 +7,12 @@ model.yaml: 1024 as taming's `imagenet_vqgan.yaml` (3-layer discriminator from s
 weight 0.8); 16384 with a 2-layer discriminator from step 0, weight 0.75. Convert a release,
 then evaluate or fine-tune it:
 
-    python -m vqgan_jax.convert_taming --ckpt=last.ckpt --yaml=model.yaml --workdir=workdirs/taming_16384
+    python -m vqgan_jax.tokenizer.convert_taming --ckpt=last.ckpt --yaml=model.yaml --workdir=workdirs/taming_16384
     python -m vqgan_jax.main --config=configs/taming_f16.py:16384 --workdir=workdirs/ft_16384 \
         --config.init_from=workdirs/taming_16384
 """
-from vqgan_jax import input_pipeline
-from vqgan_jax.config_defaults import base_config
+from vqgan_jax.data import input_pipeline
+from vqgan_jax.tokenizer.config import base_config
 
 LOSSES = {
     "1024": dict(disc_layers=3, disc_start=250_001, disc_weight=0.8),

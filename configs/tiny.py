@@ -15,7 +15,7 @@ steps, and an entropy penalty (0.1, temperature 0.05) decaying linearly to 0 by 
 measured 98.0% usage over the eval split with rFID 239.2 / LPIPS 0.470 vs taming's 252.2 / 0.471
 after the same 1200 steps. `--config=configs/tiny.py:NAME` trains any row of the README table.
 """
-from vqgan_jax.config_defaults import base_config
+from vqgan_jax.tokenizer.config import base_config
 
 # The codebook options compared in the README (same network, 1024 codes, same steps);
 # `--config=configs/tiny.py:NAME` trains one of them.

@@ -9,7 +9,7 @@ The labels of the embedded photos are their photo indices, so each class is "a c
 `:test` is the shrunken variant the tests use (with `--config.tokenizer_workdir` set to a test
 tokenizer trained by `configs/tiny.py:test`).
 """
-from vqgan_jax.prior_config_defaults import base_prior_config
+from vqgan_jax.prior.config import base_prior_config
 
 
 def get_config(variant: str = ""):

@@ -5,20 +5,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import importlib.util
-import pathlib
+import pytest  # pylint: disable=wrong-import-position
 
-import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(name: str, variant: str = ""):
-  """Loads configs/<name>.py's get_config(variant), as `--config=configs/<name>.py:variant` does."""
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
+from tests.helpers import load_config  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,7 +25,7 @@ def trained(tmp_path_factory):
 
   Tests that change the config take `config.copy_and_resolve_references()` first.
   """
-  from vqgan_jax import train  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.tokenizer import train  # pylint: disable=g-import-not-at-top
   config = load_config("tiny", "test")
   config.num_train_steps = 2
   workdir = tmp_path_factory.mktemp("trained") / "tiny"

@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.helpers import REPO
 
 KEYS = ("train_step_seconds", "train_images_per_second", "train_step_flops",
         "achieved_flops_per_second", "peak_matmul_flops_per_second", "fraction_of_peak",

@@ -1,8 +1,9 @@
 """Every shipped config loads, is consistent, and locks against misspelt keys."""
 import pytest
 
-from conftest import load_config
-from vqgan_jax import config_checks, input_pipeline
+from tests.helpers import load_config
+from vqgan_jax.data import input_pipeline
+from vqgan_jax.tokenizer import config as tokenizer_config
 
 TINY_QUANTIZERS = ("taming", "cosine_lowdim", "ema", "cosine_lowdim_restart",
                    "cosine_lowdim_restart_entropy", "cosine_lowdim_restart_entropy_decay",
@@ -16,9 +17,9 @@ PRIOR_CONFIGS = [("tiny_prior", ""), ("tiny_prior", "test"), ("imagenet_prior", 
 def test_tokenizer_configs_are_consistent(name, variant):
   config = load_config(name, variant)
   assert config.get("stage", "tokenizer") == "tokenizer"
-  config_checks.validate_model_config(config.model, config.data.image_size)
-  config_checks.validate_eval_config(config)
-  config_checks.validate_quantizer_config(config.model, config.loss)
+  tokenizer_config.validate_model_config(config.model, config.data.image_size)
+  tokenizer_config.validate_eval_config(config)
+  tokenizer_config.validate_quantizer_config(config.model, config.loss)
   assert config.batch_size % 8 == 0 or config.batch_size in (1, 2, 4)
 
 
@@ -65,7 +66,7 @@ def test_taming_release_configs_keep_tamings_quantizer():
 def test_tiny_default_is_the_recommended_variant():
   module_config = load_config("tiny")
   import importlib.util  # pylint: disable=g-import-not-at-top
-  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  from tests.helpers import REPO  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location("tiny_config", REPO / "configs" / "tiny.py")
   tiny = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(tiny)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from tests.helpers import REPO
 
 LAUNCH = REPO / "launch"
 SCRIPTS = sorted(p.name for p in LAUNCH.iterdir() if p.suffix in (".sh", ".sbatch") and p.name != "common.sh")

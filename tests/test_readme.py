@@ -1,7 +1,7 @@
 """README opens with the two commands, and CI runs exactly the second one."""
 import re
 
-from conftest import REPO
+from tests.helpers import REPO
 
 
 def _readme_commands():

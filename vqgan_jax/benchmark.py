@@ -30,9 +30,11 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vqgan_jax import sharding, train
+from vqgan_jax.models.autoencoder import downsampling_factor
 from vqgan_jax.models.lpips import load_lpips_params, plain_convs
 from vqgan_jax.models.quantizer import VectorQuantizer
+from vqgan_jax.runtime import sharding
+from vqgan_jax.tokenizer import train
 
 FLAGS = flags.FLAGS
 
@@ -167,17 +169,17 @@ def bench_vq_lookup(embed_dim: int, sizes: list[int], tokens: int, warmup: int,
 
 def bench_sampling(prior_config, tokenizer_config, warmup: int, runs: int) -> dict[str, float]:
   """Tokens/s of the prior sampler with and without the KV cache (random weights)."""
-  from vqgan_jax import sampling  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.prior import samplers  # pylint: disable=g-import-not-at-top
   from vqgan_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
   h, w = train.image_shape(tokenizer_config)
-  factor = 2 ** (len(tokenizer_config.model.ch_mult) - 1)
+  factor = downsampling_factor(tokenizer_config.model.ch_mult)
   model = Transformer(vocab_size=tokenizer_config.model.codebook_size,
                       seq_len=(h // factor) * (w // factor), **prior_config.model.to_dict())
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, model.seq_len), jnp.int32))["params"]
   batch = prior_config.sample.batch_size
   out = {}
   for name, use_cache in (("kv", True), ("naive", False)):
-    fn = functools.partial(sampling.sample, model, params, jax.random.PRNGKey(1),
+    fn = functools.partial(samplers.sample, model, params, jax.random.PRNGKey(1),
                            batch_size=batch, use_cache=use_cache)
     seconds = time_call(fn, min(warmup, 1), max(1, min(runs, 3)))
     out[f"sampling_tokens_per_second_{name}"] = batch * model.seq_len / seconds

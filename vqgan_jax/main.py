@@ -67,19 +67,19 @@ def main(argv):
                jax.device_count(), jax.devices()[0].platform, workdir)
   stage = config.get("stage", "tokenizer")
   if FLAGS.mode == "train" and stage == "prior":
-    from vqgan_jax import train_prior  # pylint: disable=g-import-not-at-top
-    train_prior.train_and_evaluate(config, workdir)
+    from vqgan_jax.prior import train as prior_train  # pylint: disable=g-import-not-at-top
+    prior_train.train_and_evaluate(config, workdir)
   elif FLAGS.mode == "train":
-    from vqgan_jax import train  # pylint: disable=g-import-not-at-top
+    from vqgan_jax.tokenizer import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, workdir)
   elif FLAGS.mode == "eval" and stage == "tokenizer":
-    from vqgan_jax import evaluate  # pylint: disable=g-import-not-at-top
+    from vqgan_jax.tokenizer import evaluate  # pylint: disable=g-import-not-at-top
     evaluate.evaluate_checkpoint(config, workdir, FLAGS.step)
   elif FLAGS.mode == "codebook" and stage == "tokenizer":
-    from vqgan_jax import codebook_view  # pylint: disable=g-import-not-at-top
+    from vqgan_jax.tokenizer import codebook_view  # pylint: disable=g-import-not-at-top
     codebook_view.visualize_codebook(config, workdir, FLAGS.step)
   elif FLAGS.mode == "sample" and stage == "prior":
-    from vqgan_jax import sample  # pylint: disable=g-import-not-at-top
+    from vqgan_jax.prior import sample  # pylint: disable=g-import-not-at-top
     sample.sample_images(config, workdir, FLAGS.step)
   else:
     raise app.UsageError(

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vqgan_jax import embedded_data
+from vqgan_jax.data import embedded
 from vqgan_jax.data import folder, preprocess, tfds_data
 
 
@@ -153,7 +153,7 @@ class TfdsSource(_FileEval):
 @functools.lru_cache(maxsize=8)
 def _resized_photos(indices: tuple[int, ...], shorter_side: float,
                     crop_hw: tuple[int, int]) -> tuple[np.ndarray, ...]:
-  photos = embedded_data.load_photos()
+  photos = embedded.load_photos()
   return tuple(preprocess.resize_to_cover(photos[i], shorter_side, crop_hw).numpy()
                for i in indices)
 
@@ -170,7 +170,7 @@ EMBEDDED_EVAL_SCALES = (1.0, 1.25, 1.5)
 
 
 class EmbeddedSource:
-  """The bundled photos (see `vqgan_jax.embedded_data`).
+  """The bundled photos (see `vqgan_jax.data.embedded`).
 
   Train: every process uses every train photo (there are too few to shard) in its own
   per-epoch order; records are photo indices, and each example is a fresh random crop.
@@ -184,7 +184,7 @@ class EmbeddedSource:
   def __init__(self, settings: Settings):
     self.settings = settings
     crop_hw = settings.crop_hw
-    self._train_ids = embedded_data.split_indices("train")
+    self._train_ids = embedded.split_indices("train")
     # Stored once at the largest train scale; each example then only shrinks a small photo.
     largest = settings.resize_size * (1.0 + settings.scale_jitter)
     train = _resized_photos(self._train_ids, largest, crop_hw)
@@ -197,7 +197,7 @@ class EmbeddedSource:
     self._labels = tf.constant(self._train_ids, tf.int32)
     self.num_train = len(self._train_ids)
 
-    eval_ids = embedded_data.split_indices("eval")
+    eval_ids = embedded.split_indices("eval")
     crops, labels = [], []
     for scale in EMBEDDED_EVAL_SCALES:
       resized = _resized_photos(eval_ids, settings.resize_size * scale, crop_hw)

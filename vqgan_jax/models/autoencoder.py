@@ -2,7 +2,7 @@
 
 Layer for layer the same network as taming's `diffusionmodules/model.py` Encoder/Decoder and
 `models/vqgan.py` VQModel, so taming checkpoints convert by renaming and transposing weights
-(see `vqgan_jax.convert_taming`). The parameter tree mirrors taming's module names:
+(see `vqgan_jax.tokenizer.convert_taming`). The parameter tree mirrors taming's module names:
 `encoder/down_{i}/block_{j}`, `encoder/down_{i}/attn_{j}`, `encoder/down_{i}/downsample/conv`,
 `encoder/mid/{block_1,attn_1,block_2}`, `decoder/up_{i}/...` (i = taming's level index),
 `norm_out`, `conv_out`, ...

@@ -1,0 +1,281 @@
+"""The one data pipeline of every job: deterministic, exactly resumable, sharded over hosts.
+
+    train = create_train_iterator(config, local_batch_size=8, process_index=0, process_count=1)
+    batch = next(train)  # image (8, H, W, 3) float32 in [-1, 1], label (8,) int32, _position
+
+Sources (`config.data.source`):
+  'embedded'  Real photos bundled with scikit-image and scikit-learn: no download, works right
+              after pip install (see `vqgan_jax.data.embedded`; labels are photo indices). Train:
+              random-scale random crops of the train photos; eval: a fixed grid of crops of
+              the held-out photos.
+  'tfds'      A prepared TFDS dataset; each host reads its `tfds.split_for_jax_process` shard.
+  'folder'    Local images: root/<split>/<class>/*, root/<class>/* or root/* (see
+              `vqgan_jax.data.folder`); each host takes every process_count-th file.
+Train examples: resize the shorter side (bicubic, antialiased), random crop `image_size`,
+optional horizontal flip. Eval examples: resize the shorter side, center crop.
+
+Determinism and resume: the train stream of a host is an infinite sequence of source records,
+reshuffled every epoch from (config.seed, host, epoch); crop and flip randomness comes from
+stateless ops keyed by (config.seed, host, stream position). Every batch carries `_position`,
+the number of source records consumed after it (undecodable ones included, so without them it
+is k * local_batch_size after k batches); `create_train_iterator(..., start_position=p)`
+continues bitwise-identically where a run that had reached `p` stopped.
+
+Undecodable files are dropped, never fatal and never silent: `num_skipped_files()` counts them
+(per process, train and eval) and the first ones are logged with their path.
+
+Eval: every eval image exactly once in a fixed order; each host yields the same number of
+batches, the last ones padded with `mask` 0.0 (1.0 for real images).
+
+`config.seed` seeds the data order and augmentation. `config.data` fields:
+  source               'embedded' | 'tfds' | 'folder'.
+  image_size           Crop size: an int, or (height, width). A ConfigDict keeps a field's type,
+                       so a config that wants a tuple sets it inside `with config.ignore_type():`;
+                       then `--config.data.image_size='(H, W)'` works on the command line.
+  resize_size          Shorter side before cropping (never below the crop). 0: the crop's larger
+                       side for 'tfds'/'folder', 4x it for 'embedded' (a crop is then a patch of
+                       a photo, not a shrunken photo).
+  scale_jitter         Train only: the shorter side is drawn per example from
+                       [resize_size, resize_size * (1 + scale_jitter)]. -1: 0.5 for 'embedded',
+                       0 otherwise.
+  random_flip          Train only: random horizontal flips.
+  train_split          TFDS split, or a folder's train subfolder (e.g. 'train').
+  eval_split           TFDS split, or a folder's eval subfolder (e.g. 'validation').
+  tfds_name            TFDS dataset, e.g. 'imagenet2012' or 'celeb_a_hq/256'.
+  tfds_data_dir        Where TFDS datasets are prepared ('': the TFDS default).
+  tfds_manual_dir      Manual downloads (ImageNet's tars); if set and the dataset is not
+                       prepared yet, it is prepared on first use.
+  shuffle_buffer_size  'tfds' only: examples in the per-epoch shuffle buffer (kept encoded).
+  folder               'folder' only: the root folder.
+  folder_eval_fraction 'folder' without split subfolders: fraction of files held out for eval.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Iterator
+
+import ml_collections
+import numpy as np
+
+from vqgan_jax.data import embedded
+
+# The vqgan_jax.data modules that import TensorFlow are imported by the functions that use them,
+# so loading a config stays fast.
+
+SOURCES = ("embedded", "tfds", "folder")
+EMBEDDED_RESIZE_FACTOR = 4
+EMBEDDED_SCALE_JITTER = 0.5
+_WARN_FIRST, _WARN_EVERY = 10, 1000
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """Every `config.data` field with its default (the embedded photos at 256x256)."""
+  return ml_collections.ConfigDict(dict(
+      source="embedded",
+      image_size=256,
+      resize_size=0,
+      scale_jitter=-1.0,
+      random_flip=True,
+      train_split="train",
+      eval_split="validation",
+      tfds_name="",
+      tfds_data_dir="",
+      tfds_manual_dir="",
+      shuffle_buffer_size=10_000,
+      folder="",
+      folder_eval_fraction=0.05,
+  ))
+
+
+def imagenet_data_config(image_size: int = 256) -> ml_collections.ConfigDict:
+  """TFDS `imagenet2012` at `image_size` (shorter side resized to it, then cropped), as the
+  ImageNet configs use; `--config.data.tfds_manual_dir` points at the downloaded tars."""
+  data = default_data_config()
+  data.update(dict(source="tfds", tfds_name="imagenet2012", train_split="train",
+                   eval_split="validation", image_size=image_size, resize_size=image_size,
+                   random_flip=True))
+  return data
+
+
+def crop_shape(image_size) -> tuple[int, int]:
+  """`config.data.image_size` as (height, width); ValueError unless positive."""
+  shape = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  if len(shape) != 2 or not all(isinstance(s, int) and s > 0 for s in shape):
+    raise ValueError(f"config.data.image_size={image_size!r} must be a positive int or a "
+                     "(height, width) pair of positive ints, e.g. --config.data.image_size=256.")
+  return shape
+
+
+def validate_data_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError saying what to change when the data config cannot work."""
+  data = config.data
+  if data.source not in SOURCES:
+    raise ValueError(f"config.data.source={data.source!r}; use one of {SOURCES}.")
+  crop_shape(data.image_size)
+  if data.resize_size < 0:
+    raise ValueError(f"config.data.resize_size={data.resize_size} must be >= 0 (0: automatic).")
+  if data.scale_jitter < 0 and data.scale_jitter != -1:
+    raise ValueError(f"config.data.scale_jitter={data.scale_jitter} must be >= 0 "
+                     "(or -1: automatic).")
+  if data.source == "folder":
+    if not 0 < data.folder_eval_fraction < 1:
+      raise ValueError(f"config.data.folder_eval_fraction={data.folder_eval_fraction} must be "
+                       "in (0, 1).")
+    from vqgan_jax.data import folder  # pylint: disable=g-import-not-at-top
+    folder.scan(data.folder, data.train_split, data.eval_split, data.folder_eval_fraction)
+  elif data.source == "tfds":
+    if data.shuffle_buffer_size <= 0:
+      raise ValueError(f"config.data.shuffle_buffer_size={data.shuffle_buffer_size} must be "
+                       "positive.")
+    from vqgan_jax.data import tfds_data  # pylint: disable=g-import-not-at-top
+    tfds_data.find_builder(data)
+
+
+class _SkipLog:
+  """Undecodable records dropped by this process's pipelines; warns for the first ones."""
+
+  def __init__(self):
+    self.count = 0
+
+  def record(self, ids: np.ndarray, describe: Callable[[int], str]) -> None:
+    for record_id in ids:
+      self.count += 1
+      if self.count <= _WARN_FIRST or self.count % _WARN_EVERY == 0:
+        logging.warning("Skipped undecodable image (%d so far; the first %d and every %dth are "
+                        "logged): %s", self.count, _WARN_FIRST, _WARN_EVERY,
+                        describe(int(record_id)))
+
+
+_SKIPS = _SkipLog()
+
+
+def num_skipped_files() -> int:
+  """Undecodable images dropped so far by this process (train and eval pipelines)."""
+  return _SKIPS.count
+
+
+def _settings(config: ml_collections.ConfigDict, process_index: int, process_count: int):
+  from vqgan_jax.data.sources import Settings  # pylint: disable=g-import-not-at-top
+  data = config.data
+  crop_hw = crop_shape(data.image_size)
+  is_embedded = data.source == "embedded"
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is not in [0, {process_count}).")
+  return Settings(
+      seed=config.seed, process_index=process_index, process_count=process_count,
+      crop_hw=crop_hw,
+      resize_size=data.resize_size or (EMBEDDED_RESIZE_FACTOR if is_embedded else 1) * max(crop_hw),
+      scale_jitter=(data.scale_jitter if data.scale_jitter >= 0 else
+                    EMBEDDED_SCALE_JITTER if is_embedded else 0.0),
+      random_flip=data.random_flip, shuffle_buffer_size=data.shuffle_buffer_size)
+
+
+def _source(config: ml_collections.ConfigDict, process_index: int, process_count: int):
+  from vqgan_jax.data import sources  # pylint: disable=g-import-not-at-top
+  validate_data_config(config)
+  settings = _settings(config, process_index, process_count)
+  return sources.make_source(config.data, settings), settings
+
+
+class TrainIterator:
+  """Infinite iterator of numpy train batches: `image`, `label` and `_position`.
+
+  `position` (also each batch's `_position`) counts the source records consumed so far.
+  """
+
+  def __init__(self, batches: Iterator[dict[str, np.ndarray]], start_position: int,
+               describe: Callable[[int], str]):
+    self._batches = batches
+    self._describe = describe
+    self.position = start_position
+
+  def __iter__(self) -> TrainIterator:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._batches)
+    positions = batch.pop("_positions")
+    end = int(positions[-1]) + 1
+    _SKIPS.record(np.setdiff1d(np.arange(self.position, end), positions), self._describe)
+    self.position = end
+    batch["_position"] = np.int64(end)
+    return batch
+
+
+def create_train_iterator(config: ml_collections.ConfigDict, *, local_batch_size: int,
+                          process_index: int, process_count: int,
+                          start_position: int = 0) -> TrainIterator:
+  """This host's infinite train stream, starting at source record `start_position`."""
+  from vqgan_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  if local_batch_size <= 0 or start_position < 0:
+    raise ValueError(f"local_batch_size={local_batch_size} must be positive and "
+                     f"start_position={start_position} non-negative.")
+  source, settings = _source(config, process_index, process_count)
+  if source.num_train == 0:
+    raise ValueError(f"Process {process_index} of {process_count} has no training images; "
+                     "use a dataset with at least one training image per process.")
+  if hasattr(source, "check_decodable"):
+    source.check_decodable()
+  dataset = pipeline.train_dataset(source, settings, local_batch_size=local_batch_size,
+                                   start_position=start_position)
+  return TrainIterator(dataset.as_numpy_iterator(), start_position, source.describe_train)
+
+
+def create_eval_iterator(config: ml_collections.ConfigDict, *, local_batch_size: int,
+                         process_index: int, process_count: int
+                         ) -> Iterator[dict[str, np.ndarray]]:
+  """This host's eval batches (`image`, `label`, `mask`): every image once, fixed order.
+
+  All hosts yield ceil(ceil(num_eval_examples / process_count) / local_batch_size) batches.
+  """
+  from vqgan_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  if local_batch_size <= 0:
+    raise ValueError(f"local_batch_size={local_batch_size} must be positive.")
+  source, settings = _source(config, process_index, process_count)
+  num_batches = math.ceil(math.ceil(source.num_eval_global / process_count) / local_batch_size)
+  dataset = pipeline.eval_dataset(source, settings, local_batch_size=local_batch_size,
+                                  num_batches=num_batches)
+  return _eval_batches(dataset.as_numpy_iterator(), source)
+
+
+def _eval_batches(batches, source) -> Iterator[dict[str, np.ndarray]]:
+  """Drops the bookkeeping key, counting the records the dataset dropped."""
+  expected = 0
+  for batch in batches:
+    index = batch.pop("_index")
+    real = index[index >= 0]
+    # Once padding shows, every record not yet seen was dropped.
+    end = source.num_eval if (index < 0).any() else int(real[-1]) + 1
+    _SKIPS.record(np.setdiff1d(np.arange(expected, end), real), source.describe_eval)
+    expected = end
+    yield batch
+
+
+def first_eval_examples(config: ml_collections.ConfigDict, n: int) -> dict[str, np.ndarray]:
+  """The first `n` eval examples (`image`, `label`) in eval order, read by this process alone
+  (fixed pictures for grids, sampling conditions, completions); fewer if the split is smaller."""
+  batch = next(iter(create_eval_iterator(config, local_batch_size=n, process_index=0,
+                                         process_count=1)))
+  real = np.asarray(batch["mask"]) > 0
+  return {"image": np.asarray(batch["image"])[real], "label": np.asarray(batch["label"])[real]}
+
+
+def num_eval_examples(config: ml_collections.ConfigDict) -> int:
+  """Eval images over all hosts (for 'folder': files, undecodable ones included)."""
+  return _source(config, 0, 1)[0].num_eval_global
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+  """Label count: photos for 'embedded', class folders or TFDS classes (1 if unlabelled)."""
+  data = config.data
+  if data.source == "embedded":
+    return len(embedded.PHOTOS)
+  validate_data_config(config)
+  if data.source == "folder":
+    from vqgan_jax.data import folder  # pylint: disable=g-import-not-at-top
+    scanned = folder.scan(data.folder, data.train_split, data.eval_split,
+                          data.folder_eval_fraction)
+    return max(1, len(scanned.class_names))
+  from vqgan_jax.data import tfds_data  # pylint: disable=g-import-not-at-top
+  return tfds_data.num_classes(tfds_data.prepared_builder(data))

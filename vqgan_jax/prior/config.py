@@ -1,0 +1,77 @@
+"""Every prior (second-stage transformer) config field with its default, and its checks.
+
+`configs/tiny_prior.py` and `configs/imagenet_prior.py` start from `base_prior_config()`. The
+fields shared with the tokenizer (cadences, batch, dtype, data, ...) are documented in
+`vqgan_jax.runtime.trainer_config`.
+"""
+from __future__ import annotations
+
+import ml_collections
+from jax.sharding import Mesh
+
+from vqgan_jax.runtime import trainer_config
+
+CONDITIONINGS = ("none", "class", "image")
+
+
+def base_prior_config() -> ml_collections.ConfigDict:
+  """All prior fields with defaults (minGPT-like AdamW recipe)."""
+  config = trainer_config.base_trainer_config()
+  # Selects the prior trainer (and --mode=sample) in `vqgan_jax.main`.
+  config.stage = "prior"
+  # Workdir of the trained or converted tokenizer whose codes are modelled.
+  config.tokenizer_workdir = ""
+  # 'none' (a start token), 'class' (the dataset's labels) or 'image' (a prefix of codes of a
+  # `cond_downsample`-times smaller copy of the image, as taming's low-resolution cond stage).
+  config.conditioning = "none"
+  # 'image' conditioning: the tokenizer of the downsampled images, and the downsampling factor.
+  config.cond_tokenizer_workdir = ""
+  config.cond_downsample = 4
+  # 'class': probability of the null label in training (classifier-free guidance needs > 0).
+  config.label_dropout = 0.1
+  # taming's token corruption: each input token is kept with probability pkeep, else replaced
+  # by a random code (targets stay clean); 1.0: off.
+  config.pkeep = 1.0
+  # Samples drawn for the grid every `image_every_steps`.
+  config.num_image_samples = 8
+  # Transformer (vqgan_jax.models.transformer).
+  config.model = ml_collections.ConfigDict(dict(
+      num_layers=12, num_heads=12, embed_dim=768, mlp_ratio=4, dropout=0.0,
+      attention_window=0,  # Each token attends to the previous W tokens only (0: full causal).
+      mingpt_numerics=False,  # minGPT exactly (eps 1e-5, erf GELU, no head bias): taming GPTs load.
+  ))
+  # AdamW; weight decay on weight matrices only.
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=4.5e-4, b1=0.9, b2=0.95, weight_decay=0.01, warmup_steps=1000,
+      schedule="cosine", grad_clip_norm=1.0))
+  with config.ignore_type():
+    # `--mode=sample`.
+    config.sample = ml_collections.ConfigDict(dict(
+        num_samples=16,
+        batch_size=8,
+        temperature=1.0,  # 0: greedy.
+        top_k=0,  # 0: off.
+        top_p=1.0,  # 1.0: off.
+        guidance_scale=1.0,  # Classifier-free guidance ('class'): 1 conditional, 0 unconditional.
+        classes=(),  # Labels to draw, cycled; empty: every class in turn.
+        grid_shape=(),  # (H, W) tokens; empty: the training grid; larger: sliding window.
+        completion=0,  # Eval images whose bottom half is resampled (0: off).
+        fid=False,  # Sample FID against the eval split (or `fid_reference_stats`).
+        use_cache=True,  # KV cache (False recomputes the sequence for every token).
+        seed=0,
+    ))
+  return config
+
+
+def validate_prior_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  """Every check of the prior trainer; raises ValueError with a fix."""
+  trainer_config.validate_trainer_config(config, mesh)
+  if config.conditioning not in CONDITIONINGS:
+    raise ValueError(f"config.conditioning={config.conditioning!r}; use one of {CONDITIONINGS}.")
+  if not 0.0 < config.pkeep <= 1.0:
+    raise ValueError(f"config.pkeep={config.pkeep} must be in (0, 1].")
+  if not 0.0 <= config.label_dropout < 1.0:
+    raise ValueError(f"config.label_dropout={config.label_dropout} must be in [0, 1).")
+  if config.model.embed_dim % config.model.num_heads:
+    raise ValueError(f"config.model.embed_dim={config.model.embed_dim} is not divisible by "
+                     f"config.model.num_heads={config.model.num_heads}.")

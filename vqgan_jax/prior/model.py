@@ -1,0 +1,45 @@
+"""The prior's Transformer, sized from its config and the frozen tokenizers: the code grid of a
+training image, the conditioning prefix, the vocabularies."""
+from __future__ import annotations
+
+import ml_collections
+
+from vqgan_jax.data import input_pipeline
+from vqgan_jax.models.autoencoder import downsampling_factor
+from vqgan_jax.models.transformer import Transformer
+from vqgan_jax.prior.frozen_tokenizers import Tokenizers
+from vqgan_jax.runtime import trainer_config
+
+
+def token_grid(config: ml_collections.ConfigDict, tokenizer_model) -> tuple[int, int]:
+  """The (h, w) code grid of one training image."""
+  factor = downsampling_factor(tokenizer_model.ch_mult)
+  h, w = input_pipeline.crop_shape(config.data.image_size)
+  if h % factor or w % factor:
+    raise ValueError(f"config.data.image_size={config.data.image_size} is not divisible by the "
+                     f"tokenizer's downsampling factor {factor}; use a multiple of {factor}.")
+  return h // factor, w // factor
+
+
+def cond_length(config: ml_collections.ConfigDict, tokenizers: Tokenizers) -> int:
+  """Tokens of the conditioning prefix ('image' conditioning; 0 otherwise)."""
+  if config.conditioning != "image":
+    return 0
+  h, w = input_pipeline.crop_shape(config.data.image_size)
+  d = config.cond_downsample
+  factor = downsampling_factor(tokenizers.cond_model.ch_mult)
+  if h % (d * factor) or w % (d * factor):
+    raise ValueError(f"config.data.image_size={config.data.image_size} must be divisible by "
+                     f"config.cond_downsample * the conditioning tokenizer's factor = {d * factor}.")
+  return (h // d // factor) * (w // d // factor)
+
+
+def build_model(config: ml_collections.ConfigDict, tokenizers: Tokenizers,
+                num_classes: int) -> Transformer:
+  h, w = token_grid(config, tokenizers.model)
+  return Transformer(
+      vocab_size=tokenizers.model.codebook_size, seq_len=h * w,
+      num_classes=num_classes if config.conditioning == "class" else 0,
+      cond_vocab_size=tokenizers.cond_model.codebook_size if config.conditioning == "image" else 0,
+      cond_len=cond_length(config, tokenizers), dtype=trainer_config.compute_dtype(config),
+      **config.model.to_dict())

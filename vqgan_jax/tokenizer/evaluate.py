@@ -1,0 +1,154 @@
+"""Tokenizer evaluation: rFID, LPIPS, PSNR, SSIM, L1 and codebook usage over an eval split.
+
+    python -m vqgan_jax.main --config=configs/tiny.py --workdir=workdirs/tiny --mode=eval [--step=N]
+
+`--mode=eval` restores a checkpoint (trained, or converted by `vqgan_jax.tokenizer.convert_taming`;
+the architecture comes from WORKDIR/config.json, the data from --config), reconstructs every
+image of the eval split exactly once (the last partial batch is padded and masked, never dropped)
+and writes WORKDIR/eval/metrics_<step>.json, TensorBoard scalars under WORKDIR/eval and a PNG
+grid of originals above reconstructions. During training, `TrainingEvaluator` runs the same code
+on `config.num_eval_images` images. The metrics are the plug-ins of
+`vqgan_jax.tokenizer.evaluators`, picked by `config.eval_metrics`; one jitted step runs the model
+once and every metric on its output.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vqgan_jax.runtime import checkpoints, host_data, images as image_utils, metric_writer
+from vqgan_jax.runtime import sharding, trainer_config
+from vqgan_jax.tokenizer import evaluators
+from vqgan_jax.tokenizer.config import validate_eval_config, validate_model_config
+from vqgan_jax.tokenizer.load import restore_tokenizer
+
+GRID_IMAGES = 8
+
+
+class Evaluation:
+  """The model and the configured metrics as one jitted step, over any stream of eval batches."""
+
+  def __init__(self, model, metric_names: Iterable[str], mesh, *, reference_stats: str = ""):
+    self._mesh = mesh
+    self.evaluators, self.unavailable = evaluators.make_evaluators(
+        tuple(metric_names), codebook_size=model.codebook_size, reference_stats=reference_stats)
+    for key, reason in self.unavailable.items():
+      logging.warning("Metric %r is not computed: %s", key, reason)
+    replicated = sharding.replicated(mesh)
+    self._constants = jax.device_put(
+        {name: e.constants for name, e in self.evaluators.items()}, replicated)
+
+    def step(params, constants, batch):
+      images, mask = batch["image"], batch["mask"].astype(jnp.float32)
+      recon, qout = model.apply({"params": params}, images)
+      recon = recon.astype(jnp.float32)
+      outputs = {name: e.device_fn(constants[name], images, recon, qout.indices, mask)
+                 for name, e in self.evaluators.items()}
+      return outputs, mask, recon
+
+    self._step = jax.jit(step, out_shardings=(replicated, replicated, sharding.batch_sharding(mesh)))
+
+  def run(self, params, batches: Iterable[dict[str, np.ndarray]],
+          on_first_batch: Callable[[jax.Array, jax.Array], None] | None = None
+          ) -> dict[str, float | None]:
+    """Metrics over all `batches` (host-local, with `mask`), plus `num_images`."""
+    for e in self.evaluators.values():
+      e.reset()
+    num_images, pending = 0.0, None
+
+    def consume(item):
+      outputs, mask = jax.device_get(item)
+      for name, e in self.evaluators.items():
+        e.update(outputs[name], mask)
+      return float(mask.sum())
+
+    for i, batch in enumerate(batches):
+      global_batch = sharding.global_batch(batch, self._mesh)
+      outputs, mask, recon = self._step(params, self._constants, global_batch)
+      if i == 0 and on_first_batch is not None:
+        on_first_batch(global_batch["image"], recon)
+      if pending is not None:  # Read the previous batch while this one computes.
+        num_images += consume(pending)
+      pending = (outputs, mask)
+    if pending is not None:
+      num_images += consume(pending)
+    if num_images == 0:
+      raise ValueError("The evaluation split is empty: check config.data (eval_split, folder).")
+    results: dict[str, float | None] = {"num_images": num_images}
+    for e in self.evaluators.values():
+      results.update(e.result())
+    for key in self.unavailable:
+      results[key] = None
+    return results
+
+
+class TrainingEvaluator:
+  """The evaluation, during training, on `config.num_eval_images` held-out images."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model, mesh):
+    self._config = config
+    self._evaluation = Evaluation(model, config.eval_metrics, mesh,
+                                  reference_stats=config.fid_reference_stats)
+
+  def evaluate(self, params) -> dict[str, float]:
+    batches = host_data.eval_batches(self._config, self._config.num_eval_images)
+    results = self._evaluation.run(params, batches)
+    return {f"eval/{k}": v for k, v in results.items() if v is not None}
+
+
+def _grid_saver(path: str) -> Callable[[jax.Array, jax.Array], None]:
+  def save(images, recon):
+    originals = image_utils.to_uint8(sharding.gather_to_host(images)[:GRID_IMAGES])
+    recons = image_utils.to_uint8(sharding.gather_to_host(recon)[:GRID_IMAGES])
+    if jax.process_index() == 0:
+      image_utils.save_png(path, image_utils.image_grid([originals, recons]))
+  return save
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step: int | None = None) -> dict[str, Any]:
+  """`--mode=eval`: metrics of WORKDIR's checkpoint (latest, or `step`) on the whole eval split.
+
+  Returns the dict written to WORKDIR/eval/metrics_<step>.json.
+  """
+  mesh = sharding.create_mesh()
+  trainer_config.validate_batch_and_data(config, mesh)
+  validate_eval_config(config)
+  model, variables, step = restore_tokenizer(workdir, step)
+  saved_model = ml_collections.ConfigDict(checkpoints.read_config(workdir)["model"])
+  validate_model_config(saved_model, config.data.image_size)
+  if saved_model.to_dict() != ml_collections.ConfigDict(config.model.to_dict()).to_dict():
+    logging.info("Evaluating the architecture stored in %s/config.json (--config.model is only "
+                 "used for training).", workdir)
+  params = jax.device_put(variables["params"], sharding.replicated(mesh))
+
+  out_dir = os.path.join(workdir, "eval")
+  evaluation = Evaluation(model, config.eval_metrics, mesh,
+                          reference_stats=config.fid_reference_stats)
+  results = evaluation.run(params, host_data.eval_batches(config), on_first_batch=_grid_saver(
+      os.path.join(out_dir, f"reconstructions_{step}.png")))
+  results = {"step": step, **results,
+             "eval_split": config.data.eval_split, "source": config.data.source,
+             "image_size": config.data.image_size,
+             "unavailable": evaluation.unavailable}
+  num_images = int(results["num_images"])
+  results["num_images"] = num_images
+
+  writer = metric_writer.create_writer(out_dir)
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in results.items()
+                              if isinstance(v, float)})
+  writer.flush()
+  if jax.process_index() == 0:
+    path = os.path.join(out_dir, f"metrics_{step}.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump(results, f, indent=2, default=list)
+    os.replace(path + ".tmp", path)
+    logging.info("Wrote %s: %s", path, json.dumps(results, default=list))
+  return results

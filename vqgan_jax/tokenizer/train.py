@@ -1,0 +1,323 @@
+"""VQGAN tokenizer training: one jitted, donated step updating generator and discriminator.
+
+One generator forward pass per step. Its vjp is pulled back once, with the combined cotangent
+  d(nll)/d(x_hat) + disc_factor * lambda * d(g)/d(x_hat)  on the reconstruction and
+  codebook_weight on the quantizer loss,
+where lambda (taming's adaptive weight) needs |grad_W nll| and |grad_W g| at the decoder's last
+conv kernel W: both come from one `jax.vjp` of that conv (applied to its sown input) with two
+cotangents, so no second forward or backward of the generator is ever run. The discriminator
+sees the reconstruction once; its vjp gives both the generator's GAN gradient (w.r.t. the image)
+and the discriminator's fake-half gradient (w.r.t. its parameters).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vqgan_jax.data import input_pipeline
+from vqgan_jax.models.autoencoder import VQModel
+from vqgan_jax.models.discriminator import NLayerDiscriminator
+from vqgan_jax.models.lpips import LPIPS, load_lpips_params
+from vqgan_jax.models.quantizer import STATE as CODEBOOK_STATE
+from vqgan_jax.models.quantizer import apply_codebook_overrides
+from vqgan_jax.runtime import checkpoints, host_data, images as image_utils, nonfinite
+from vqgan_jax.runtime import optimizers, sharding, trainer_config, training_loop
+from vqgan_jax.tokenizer import losses
+from vqgan_jax.tokenizer.config import validate_tokenizer_config
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs, as one pytree (checkpointed as is)."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  disc_params: Any
+  disc_batch_stats: Any
+  disc_opt_state: Any
+  ema_params: Any
+  codebook_state: Any
+  rng: jax.Array
+  nonfinite_streak: jax.Array
+  skipped_steps: jax.Array
+
+
+def build_models(config: ml_collections.ConfigDict) -> tuple[VQModel, NLayerDiscriminator]:
+  dtype = trainer_config.compute_dtype(config)
+  model = VQModel(**config.model.to_dict(), dtype=dtype)
+  disc = NLayerDiscriminator(ndf=config.discriminator.ndf,
+                             num_layers=config.discriminator.num_layers, dtype=dtype)
+  return model, disc
+
+
+def build_optimizers(config: ml_collections.ConfigDict):
+  """(generator tx, discriminator tx, generator lr schedule)."""
+  opt = config.optimizer
+  g_schedule = optimizers.learning_rate_schedule(opt.learning_rate, opt, config.num_train_steps)
+  d_lr = opt.learning_rate if opt.disc_learning_rate < 0 else opt.disc_learning_rate
+  d_schedule = optimizers.learning_rate_schedule(d_lr, opt, config.num_train_steps)
+  return optimizers.adam(g_schedule, opt), optimizers.adam(d_schedule, opt), g_schedule
+
+
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """(height, width) of the training crops."""
+  return input_pipeline.crop_shape(config.data.image_size)
+
+
+def init_state(rng: jax.Array, *, config, model, disc, tx, disc_tx) -> TrainState:
+  g_rng, d_rng, state_rng = jax.random.split(rng, 3)
+  dummy = jnp.zeros((1, *image_shape(config), 3), jnp.float32)
+  variables = model.init({"params": g_rng}, dummy)
+  params = variables["params"]
+  disc_vars = disc.init({"params": d_rng}, dummy, train=False)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      disc_params=disc_vars["params"],
+      disc_batch_stats=disc_vars["batch_stats"],
+      disc_opt_state=disc_tx.init(disc_vars["params"]),
+      ema_params=params if config.ema_decay > 0 else {},
+      codebook_state=variables.get(CODEBOOK_STATE, {}),
+      rng=state_rng,
+      nonfinite_streak=jnp.zeros((), jnp.int32),
+      skipped_steps=jnp.zeros((), jnp.int32),
+  )
+
+
+def conv_out_kernel_grads(h: jax.Array, kernel: jax.Array, cotangents: list[jax.Array]) -> list[jax.Array]:
+  """Gradients w.r.t. the decoder's conv_out kernel for several output cotangents: one vjp.
+
+  conv_out is a 3x3 stride-1 conv with padding 1; its kernel gradient depends only on its
+  input `h` (sown by the decoder) and the cotangent on its output.
+  """
+  def conv(k):
+    return jax.lax.conv_general_dilated(
+        h.astype(jnp.float32), k.astype(jnp.float32), (1, 1), ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+  _, pullback = jax.vjp(conv, kernel)
+  return [pullback(ct.astype(jnp.float32))[0] for ct in cotangents]
+
+
+def _select(pred: jax.Array, new: Any, old: Any) -> Any:
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def _global_norm(tree: Any) -> jax.Array:
+  return optax.tree.norm(tree).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any, *, config,
+               model: VQModel, disc: NLayerDiscriminator, tx, disc_tx, lr_schedule):
+  """One VQGAN step on a global batch. Returns the new state and scalar metrics."""
+  lc = config.loss
+  images = batch["image"].astype(jnp.float32)
+  step = state.step
+  rng = jax.random.fold_in(state.rng, step)
+
+  # Generator: one forward, kept as a vjp. The quantizer updates its own statistics (usage
+  # window, EMA, data init, restarts) in the mutable codebook_state collection.
+  def generator(params):
+    (recon, qout), updated = model.apply(
+        {"params": params, CODEBOOK_STATE: state.codebook_state}, images, train=True,
+        rngs={"dropout": rng, "codebook": jax.random.fold_in(rng, 1)},
+        mutable=["intermediates", CODEBOOK_STATE])
+    h = updated["intermediates"]["decoder"]["conv_out_input"][0]
+    aux = (qout, h, updated.get(CODEBOOK_STATE, {}))
+    return (recon.astype(jnp.float32), qout.loss, qout.entropy_loss), aux
+
+  (recon, q_loss, entropy_loss), gen_pullback, (qout, conv_in, codebook_state) = jax.vjp(
+      generator, state.params, has_aux=True)
+
+  # Reconstruction + perceptual loss and its gradient w.r.t. the reconstruction.
+  def nll_fn(x_hat):
+    rec = losses.reconstruction_loss(images, x_hat, lc.reconstruction)
+    perceptual = jnp.mean(LPIPS().apply({"params": lpips_params}, images, x_hat))
+    return rec + lc.perceptual_weight * perceptual, (rec, perceptual)
+
+  (nll, (rec_loss, p_loss)), nll_grad_x = jax.value_and_grad(nll_fn, has_aux=True)(recon)
+
+  # Discriminator: real batch, then the reconstruction once for both players.
+  def disc_apply(d_params, batch_stats, x):
+    logits, updates = disc.apply({"params": d_params, "batch_stats": batch_stats}, x,
+                                 train=True, mutable=["batch_stats"])
+    return logits.astype(jnp.float32), updates["batch_stats"]
+
+  def d_real_loss(d_params):
+    logits, stats = disc_apply(d_params, state.disc_batch_stats, images)
+    return losses.discriminator_loss_real(logits, lc.gan_loss), (logits, stats)
+
+  (d_loss_real, (logits_real, stats_real)), d_grad_real = jax.value_and_grad(
+      d_real_loss, has_aux=True)(state.disc_params)
+  logits_fake, disc_pullback, stats_fake = jax.vjp(
+      lambda d, x: disc_apply(d, stats_real, x), state.disc_params, recon, has_aux=True)
+
+  g_loss, g_grad_logits = jax.value_and_grad(losses.generator_loss)(logits_fake, lc.gan_loss)
+  _, g_grad_x = disc_pullback(g_grad_logits)
+  d_loss_fake, d_grad_logits = jax.value_and_grad(losses.discriminator_loss_fake)(
+      logits_fake, lc.gan_loss)
+  d_grad_fake, _ = disc_pullback(d_grad_logits)
+
+  # Adaptive weight from the decoder's last layer, then the single generator backward pass.
+  kernel = state.params["decoder"]["conv_out"]["kernel"]
+  nll_grad_w, g_grad_w = conv_out_kernel_grads(conv_in, kernel, [nll_grad_x, g_grad_x])
+  if lc.adaptive_weight:
+    lam = losses.adaptive_weight(nll_grad_w, g_grad_w, lc.disc_weight)
+  else:
+    lam = jnp.float32(lc.disc_weight)
+  g_factor = losses.gated_factor(step, lc.disc_start, lc.disc_factor)
+  d_start = lc.disc_start if lc.disc_train_start < 0 else lc.disc_train_start
+  d_factor = losses.gated_factor(step, d_start, lc.disc_factor)
+
+  entropy_weight = losses.entropy_weight_schedule(lc)(step)
+  recon_cotangent = nll_grad_x + g_factor * lam * g_grad_x
+  (g_grads,) = gen_pullback((recon_cotangent, jnp.float32(lc.codebook_weight), entropy_weight))
+  g_total = (nll + g_factor * lam * g_loss + lc.codebook_weight * q_loss
+             + entropy_weight * entropy_loss)
+  d_loss = d_factor * (d_loss_real + d_loss_fake)
+  d_grads = jax.tree.map(lambda a, b: d_factor * (a + b), d_grad_real, d_grad_fake)
+
+  # Updates, then the non-finite guard: a bad step leaves every parameter as it was.
+  g_updates, opt_state = tx.update(g_grads, state.opt_state, state.params)
+  params = apply_codebook_overrides(optax.apply_updates(state.params, g_updates), codebook_state)
+  d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
+  disc_params = optax.apply_updates(state.disc_params, d_updates)
+  train_disc = d_factor > 0  # Before its start the discriminator (and its Adam) stays put.
+  disc_params = _select(train_disc, disc_params, state.disc_params)
+  disc_opt_state = _select(train_disc, disc_opt_state, state.disc_opt_state)
+
+  g_grad_norm, d_grad_norm = _global_norm(g_grads), _global_norm(d_grads)
+  finite = jnp.isfinite(g_total) & jnp.isfinite(d_loss) & jnp.isfinite(g_grad_norm) & (
+      jnp.isfinite(d_grad_norm))
+  ema_params = state.ema_params
+  if config.ema_decay > 0:
+    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - config.ema_decay)
+  new_state = nonfinite.guarded_update(
+      state, finite, params=params, opt_state=opt_state, disc_params=disc_params,
+      disc_opt_state=disc_opt_state, disc_batch_stats=stats_fake, codebook_state=codebook_state,
+      ema_params=ema_params)
+
+  metrics = {
+      "loss/total": g_total,
+      "loss/nll": nll,
+      "loss/reconstruction": rec_loss,
+      "loss/perceptual": p_loss,
+      "loss/quantizer": q_loss,
+      "loss/codebook": qout.codebook_loss,
+      "loss/commitment": qout.commitment_loss,
+      "loss/generator_gan": g_loss,
+      "loss/discriminator": d_loss,
+      "loss/discriminator_real": d_loss_real,
+      "loss/discriminator_fake": d_loss_fake,
+      "gan/adaptive_weight": lam,
+      "gan/generator_factor": g_factor,
+      "gan/discriminator_factor": d_factor,
+      "gan/logits_real": jnp.mean(logits_real),
+      "gan/logits_fake": jnp.mean(logits_fake),
+      "loss/entropy": entropy_loss,
+      "loss/entropy_weight": entropy_weight,
+      "codebook/usage": qout.usage,
+      "codebook/perplexity": qout.perplexity,
+      "codebook/window_usage": qout.window_usage,
+      "codebook/dead_codes": qout.dead_codes,
+      "codebook/restarts": qout.restarts,
+      "codebook/sample_entropy": qout.sample_entropy,
+      "codebook/codebook_entropy": qout.codebook_entropy,
+      "grad_norm/generator": g_grad_norm,
+      "grad_norm/discriminator": d_grad_norm,
+      "learning_rate": lr_schedule(step),
+      "nonfinite_streak": new_state.nonfinite_streak,
+      "skipped_steps": new_state.skipped_steps,
+  }
+  return new_state, metrics
+
+
+def jit_train_step(config, model, disc, tx, disc_tx, lr_schedule, state_shardings, mesh):
+  """`train_step(state, batch, lpips_params)` jitted for the loop (state donated, shardings
+  pinned)."""
+  return training_loop.jit_step(
+      functools.partial(train_step, config=config, model=model, disc=disc, tx=tx,
+                        disc_tx=disc_tx, lr_schedule=lr_schedule), state_shardings, mesh)
+
+
+def _restore_init_from(state: TrainState, init_from: str, shardings: TrainState) -> TrainState:
+  """Fine-tuning: generator (and discriminator, when present) weights from another workdir."""
+  raw, step = checkpoints.restore_raw_state(init_from)
+  replacements = {}
+  for field in ("params", "disc_params", "disc_batch_stats"):
+    if field not in raw:
+      continue
+    target = getattr(state, field)
+    expected = jax.tree.map(lambda x: x.shape, target)
+    found = jax.tree.map(lambda x: tuple(np.shape(x)), raw[field])
+    if jax.tree.structure(expected) != jax.tree.structure(found) or expected != found:
+      raise ValueError(
+          f"--config.init_from={init_from} (step {step}): its {field!r} does not match this "
+          "config's architecture (config.model / config.discriminator). Use the same model "
+          "fields as that workdir's config.json.")
+    replacements[field] = jax.device_put(raw[field], getattr(shardings, field))
+  logging.info("Initialised %s from %s (step %d).", sorted(replacements), init_from, step)
+  if "params" in replacements and state.ema_params:
+    replacements["ema_params"] = replacements["params"]
+  return state.replace(**replacements)
+
+
+class Reconstructor:
+  """Reconstructs a fixed set of eval images for the PNG/TensorBoard grids (jitted once)."""
+
+  def __init__(self, model: VQModel, images: np.ndarray, mesh):
+    self._mesh = mesh
+    self._images = images
+    self._fn = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
+
+  def grid(self, params) -> np.ndarray:
+    batch = sharding.global_batch({"image": self._images}, self._mesh)["image"]
+    recon = sharding.gather_to_host(self._fn(params, batch))
+    originals = sharding.gather_to_host(batch)
+    return image_utils.image_grid([image_utils.to_uint8(originals), image_utils.to_uint8(recon)])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from WORKDIR if it has a checkpoint) and returns the final state."""
+  mesh = sharding.create_mesh()
+  validate_tokenizer_config(config, mesh)
+  checkpoints.write_config(workdir, config.to_dict())
+  model, disc = build_models(config)
+  tx, disc_tx, lr_schedule = build_optimizers(config)
+  init = functools.partial(init_state, config=config, model=model, disc=disc, tx=tx,
+                           disc_tx=disc_tx)
+  init_from = None
+  if config.init_from:
+    init_from = lambda state, shardings: _restore_init_from(state, config.init_from, shardings)
+  checkpointer, state, state_shardings, position = training_loop.create_or_restore(
+      init, config, workdir, mesh, init_from=init_from)
+
+  lpips_params = jax.device_put(load_lpips_params(), sharding.replicated(mesh))
+  jitted_step = jit_train_step(config, model, disc, tx, disc_tx, lr_schedule, state_shardings,
+                               mesh)
+
+  eval_batch = next(iter(host_data.eval_batches(config)))
+  reconstructor = Reconstructor(
+      model, eval_batch["image"][:max(1, 8 // jax.process_count())], mesh)
+  eval_fn = None
+  if config.eval_every_steps >= 0:
+    from vqgan_jax.tokenizer import evaluate  # pylint: disable=g-import-not-at-top
+    evaluator = evaluate.TrainingEvaluator(config, model, mesh)
+    eval_fn = lambda state: evaluator.evaluate(state.ema_params or state.params)
+
+  return training_loop.run(
+      config, workdir, mesh=mesh, state=state,
+      step_fn=lambda state, batch: jitted_step(state, batch, lpips_params),
+      train_iter=host_data.train_iterator(config, position),
+      checkpointer=checkpointer,
+      images_fn=lambda state, step: {"reconstructions": reconstructor.grid(state.params)},
+      eval_fn=eval_fn)
