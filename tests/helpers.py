@@ -11,3 +11,48 @@ def load_config(name: str, variant: str = ""):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant) if variant else module.get_config()
+
+
+def free_port() -> int:
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch_main(args: list[str], *, devices: int, processes: int = 1, cache_dir=None,
+                cwd=REPO, timeout: int = 900) -> list[str]:
+  """Runs `python -m vqgan_jax.main ARGS` as `processes` JAX processes (joined over gloo on
+  127.0.0.1) with `devices` forced CPU devices each; returns their outputs, and fails the test
+  with the failing process's log. `cache_dir` shares compiled programs between launches."""
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  if cache_dir is not None:
+    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  command = [sys.executable, "-m", "vqgan_jax.main", *args]
+  if processes > 1:
+    port = free_port()
+    commands = [command + [f"--coordinator_address=127.0.0.1:{port}",
+                           f"--num_processes={processes}", f"--process_id={i}"]
+                for i in range(processes)]
+  else:
+    commands = [command]
+  procs = [subprocess.Popen(c, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for c in commands]
+  try:
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for i, (p, out) in enumerate(zip(procs, outputs)):
+    if p.returncode != 0:
+      pytest.fail(f"process {i} of {' '.join(args)} failed:\n{out[-6000:]}")
+  return outputs

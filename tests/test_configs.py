@@ -8,7 +8,8 @@ from vqgan_jax.tokenizer import config as tokenizer_config
 TINY_QUANTIZERS = ("taming", "cosine_lowdim", "ema", "cosine_lowdim_restart",
                    "cosine_lowdim_restart_entropy", "cosine_lowdim_restart_entropy_decay",
                    "cosine_lowdim_restart_entropy_low", "fsq", "lfq")
-TOKENIZER_CONFIGS = [("tiny", ""), ("tiny", "test"), ("imagenet", ""), ("taming_f16", "1024"),
+TOKENIZER_CONFIGS = [("tiny", ""), ("tiny", "test"), ("imagenet", ""), ("imagenet", "shrink"),
+                     ("taming_f16", "1024"),
                      ("taming_f16", "16384")] + [("tiny", q) for q in TINY_QUANTIZERS]
 PRIOR_CONFIGS = [("tiny_prior", ""), ("tiny_prior", "test"), ("imagenet_prior", "")]
 
@@ -37,6 +38,27 @@ def test_imagenet_configs_read_imagenet2012_at_256(name, variant):
   data = load_config(name, variant).data
   assert (data.source, data.tfds_name, data.image_size, data.eval_split) == (
       "tfds", "imagenet2012", 256, "validation")
+
+
+def test_imagenet_shrink_changes_only_sizes_and_cadences():
+  full, shrunk = load_config("imagenet").to_dict(), load_config("imagenet", "shrink").to_dict()
+  sizes = {"num_train_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
+           "eval_every_steps", "num_eval_images", "image_every_steps"}
+  for key in full:
+    if key not in sizes | {"model", "discriminator", "loss", "optimizer", "data"}:
+      assert shrunk[key] == full[key], key
+  same = {"model": ("quantizer_type", "l2_normalize", "codebook_init", "ema_decay"),
+          "loss": ("reconstruction", "gan_loss", "entropy_weight", "entropy_schedule"),
+          "data": ("source", "tfds_name", "random_flip")}
+  for group, keys in same.items():
+    assert {k: shrunk[group][k] for k in keys} == {k: full[group][k] for k in keys}
+  assert shrunk["dtype"] == "bfloat16"
+
+
+def test_taming_fine_tune_recipes_reach_the_gan():
+  for codebook in ("1024", "16384"):
+    config = load_config("taming_f16", codebook)
+    assert config.loss.disc_start < config.num_train_steps
 
 
 def test_unknown_variant_is_an_error():

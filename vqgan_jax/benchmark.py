@@ -33,7 +33,7 @@ from ml_collections import config_flags
 from vqgan_jax.models.autoencoder import downsampling_factor
 from vqgan_jax.models.lpips import load_lpips_params, plain_convs
 from vqgan_jax.models.quantizer import VectorQuantizer
-from vqgan_jax.runtime import sharding
+from vqgan_jax.runtime import sharding, storage
 from vqgan_jax.tokenizer import train
 
 FLAGS = flags.FLAGS
@@ -114,10 +114,11 @@ def bench_train_step(config, warmup: int, runs: int) -> dict[str, float]:
   batch = sharding.global_batch({"image": images}, mesh)
   lpips_params = jax.device_put(load_lpips_params(), sharding.replicated(mesh))
   step = train.jit_train_step(config, model, disc, tx, disc_tx, schedule, shardings, mesh)
-  compiled = step.lower(state, batch, lpips_params).compile()
-  with plain_convs():  # A new jit, so it traces again: LPIPS's small maps as lax.conv.
-    counted = train.jit_train_step(config, model, disc, tx, disc_tx, schedule, shardings,
-                                   mesh).lower(state, batch, lpips_params).compile()
+  with jax.set_mesh(mesh):  # Traced as the training loop traces it.
+    compiled = step.lower(state, batch, lpips_params).compile()
+    with plain_convs():  # A new jit, so it traces again: LPIPS's small maps as lax.conv.
+      counted = train.jit_train_step(config, model, disc, tx, disc_tx, schedule, shardings,
+                                     mesh).lower(state, batch, lpips_params).compile()
   holder = [state]
 
   def one_step():
@@ -235,8 +236,7 @@ def main(argv):
                           vq_chunk=FLAGS.vq_chunk, matmul_size=FLAGS.matmul_size)
   print(format_table(results))
   if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      json.dump(results, f, indent=2)
+    storage.write_json(FLAGS.out, results, indent=2)
     logging.info("Wrote %s", FLAGS.out)
 
 

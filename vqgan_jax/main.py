@@ -86,6 +86,11 @@ def main(argv):
         f"--mode={FLAGS.mode} does not apply to a {stage} config: tokenizers train, eval and "
         "codebook (the eval loss of a prior is logged during training), priors train and sample "
         "(sample FID: --config.sample.fid=True).")
+  if jax.process_count() > 1:
+    # Hosts leave together: process 0 writes the last files (events, PNGs, JSON) while the
+    # others would otherwise reach JAX's shutdown barrier first and time it out (30 s).
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("vqgan_jax.main: done")
 
 
 if __name__ == "__main__":

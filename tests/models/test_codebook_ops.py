@@ -1,10 +1,16 @@
-"""Codebook functions: EMA by hand, exact re-seeding, k-means++, chunked entropy, buffers."""
+"""Codebook functions: EMA by hand, exact re-seeding, k-means++, chunked entropy, buffers,
+the per-device chunked search."""
+import contextlib
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from vqgan_jax.models import codebook_ops
+from vqgan_jax.runtime.sharding import create_mesh
 
 
 def test_ema_update_matches_hand_computation():
@@ -101,3 +107,104 @@ def test_entropy_gradient_is_finite_when_probabilities_underflow():
 
   grad = jax.grad(loss)(vectors)
   assert np.isfinite(np.asarray(grad)).all()
+
+
+def gathered_sizes(hlo: str) -> list[int]:
+  """Element counts of the results of every all-gather in compiled HLO text."""
+  sizes = []
+  for line in hlo.splitlines():
+    if 'all-gather(' in line or 'all-gather-start(' in line:
+      result = line.split('=', 1)[1].split('all-gather', 1)[0]
+      for dims in re.findall(r'\[([\d,]*)\]', result):
+        sizes.append(int(np.prod([int(d) for d in dims.split(',') if d])))
+  return sizes
+
+
+def _trip_counts(hlo: str) -> list[int]:
+  return [int(n) for n in re.findall(r'known_trip_count":\{"n":"(\d+)"', hlo)]
+
+
+def _sharded_problem(rows=256, dim=8, codes=32):
+  mesh = create_mesh()
+  assert mesh.shape['data'] == 8  # tests/conftest.py forces 8 CPU devices.
+  rng = np.random.default_rng(0)
+  vectors = rng.normal(size=(rows, dim)).astype(np.float32)
+  codebook = rng.normal(size=(codes, dim)).astype(np.float32)
+  return mesh, vectors, codebook
+
+
+@pytest.mark.parametrize('mesh_from', ['argument', 'context'])
+def test_chunked_search_runs_on_each_devices_rows_without_gathering_the_latents(mesh_from):
+  mesh, vectors, codebook = _sharded_problem()
+  rows, chunk = vectors.shape[0], 8
+  x = jax.device_put(vectors, NamedSharding(mesh, P('data')))
+  e = jax.device_put(codebook, NamedSharding(mesh, P()))
+  kwargs = dict(mesh=mesh) if mesh_from == 'argument' else {}
+  search = jax.jit(lambda x, e: codebook_ops.search(x, e, chunk_size=chunk,
+                                                    entropy_temperature=0.5, **kwargs))
+  with jax.set_mesh(mesh) if mesh_from == 'context' else contextlib.nullcontext():
+    hlo = search.lower(x, e).compile().as_text()
+    indices, (sample_entropy, codebook_entropy) = search(x, e)
+  # No device receives the latents (or a chunked view of them): only the entropy sums are
+  # all-reduced; each device loops over its own rows / 8 / C chunks, not all rows / C.
+  assert all(size < vectors.size for size in gathered_sizes(hlo)), gathered_sizes(hlo)
+  assert _trip_counts(hlo) == [rows // 8 // chunk]
+  assert indices.sharding.spec == P('data')
+  ref_indices, (ref_sample, ref_codebook) = codebook_ops.search(vectors, codebook,
+                                                                entropy_temperature=0.5)
+  np.testing.assert_array_equal(indices, ref_indices)
+  np.testing.assert_allclose(sample_entropy, ref_sample, rtol=1e-6)
+  np.testing.assert_allclose(codebook_entropy, ref_codebook, rtol=1e-6)
+
+
+def test_without_a_mesh_the_chunked_search_gathers_the_batch():
+  """The HLO check above can fail: the same jit with no mesh known gathers all rows."""
+  mesh, vectors, codebook = _sharded_problem()
+  x = jax.device_put(vectors, NamedSharding(mesh, P('data')))
+  search = jax.jit(lambda x, e: codebook_ops.search(x, e, chunk_size=8)[0])
+  hlo = search.lower(x, codebook).compile().as_text()
+  assert any(size >= vectors.size for size in gathered_sizes(hlo))
+  assert _trip_counts(hlo) == [vectors.shape[0] // 8]
+
+
+@pytest.mark.parametrize('rows', [200, 250])  # 25 rows a device (not a multiple of C); 250 % 8.
+def test_sharded_chunked_search_matches_unchunked_for_awkward_row_counts(rows):
+  mesh, vectors, codebook = _sharded_problem(rows=rows)
+  codebook[5] = codebook[3]  # A tie: the first index wins.
+  vectors[:4] = codebook[3]
+  search = jax.jit(lambda x, e: codebook_ops.search(x, e, chunk_size=8, entropy_temperature=0.5,
+                                                    mesh=mesh))
+  indices, entropy = search(vectors, codebook)
+  ref_indices, ref_entropy = codebook_ops.search(vectors, codebook, entropy_temperature=0.5)
+  np.testing.assert_array_equal(indices, ref_indices)
+  assert (np.asarray(indices[:4]) == 3).all()
+  np.testing.assert_allclose(entropy, ref_entropy, rtol=1e-6)
+
+
+def test_sharded_chunked_entropy_gradients_match_unsharded():
+  mesh, vectors, codebook = _sharded_problem(rows=64, codes=16)
+
+  def loss(x, e, mesh=None):
+    _, (sample, codebook_entropy) = codebook_ops.search(x, e, chunk_size=4,
+                                                        entropy_temperature=0.5, mesh=mesh)
+    return sample - codebook_entropy
+
+  x = jax.device_put(vectors, NamedSharding(mesh, P('data')))
+  sharded = jax.jit(jax.grad(lambda x, e: loss(x, e, mesh), argnums=(0, 1)))(x, codebook)
+  reference = jax.jit(jax.grad(loss, argnums=(0, 1)))(vectors, codebook)
+  for got, want in zip(sharded, reference):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_search_on_one_device_or_no_mesh():
+  _, vectors, codebook = _sharded_problem(rows=50)
+  one = jax.make_mesh((1,), ('data',), axis_types=(AxisType.Auto,), devices=jax.devices()[:1])
+  assert codebook_ops.row_shards(one, 50) == 1 and codebook_ops.row_shards(None, 50) == 1
+  ref_indices, ref_entropy = codebook_ops.search(vectors, codebook, entropy_temperature=0.5)
+  for mesh in (one, None):
+    indices, entropy = jax.jit(lambda x, e, mesh=mesh: codebook_ops.search(
+        x, e, chunk_size=8, entropy_temperature=0.5, mesh=mesh))(vectors, codebook)
+    np.testing.assert_array_equal(indices, ref_indices)
+    np.testing.assert_allclose(entropy, ref_entropy, rtol=1e-6)
+  indices, _ = codebook_ops.search(vectors, codebook, chunk_size=8, mesh=create_mesh())  # Eager.
+  np.testing.assert_array_equal(indices, ref_indices)

@@ -3,8 +3,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from tests.models.test_codebook_ops import gathered_sizes
 from vqgan_jax.models.quantizer import VectorQuantizer, apply_codebook_overrides
+from vqgan_jax.runtime.sharding import create_mesh
 
 
 def _apply(quantizer, codebook, z, method=None):
@@ -129,6 +132,29 @@ def test_chunked_lookup_gives_identical_indices_and_bounds_memory(chunk):
     temp = lambda q: jax.jit(lambda p, x: q.apply(p, x).indices).lower(
         params, z).compile().memory_analysis().temp_size_in_bytes
     assert temp(VectorQuantizer(512, 8, lookup_chunk_size=chunk)) < temp(VectorQuantizer(512, 8)) / 2
+
+
+def test_chunked_lookup_on_a_sharded_batch_stays_on_each_device():
+  mesh = create_mesh()
+  z, codebook = _problem(seed=6, shape=(8, 4, 4, 8), k=64)
+  params = {'params': {'embedding': jnp.asarray(codebook)}}
+
+  def stats(quantizer):
+    def fn(p, x):
+      out = quantizer.apply(p, x, train=True)
+      return out.indices, out.loss, out.sample_entropy, out.codebook_entropy
+    return jax.jit(fn)
+
+  chunked = stats(VectorQuantizer(64, 8, lookup_chunk_size=8, entropy_temperature=0.5))
+  x = jax.device_put(z, NamedSharding(mesh, P('data')))
+  with jax.set_mesh(mesh):  # The training step's mesh, in context while tracing.
+    hlo = chunked.lower(params, x).compile().as_text()
+    sharded = chunked(params, x)
+  assert all(size < z.size for size in gathered_sizes(hlo)), gathered_sizes(hlo)
+  reference = stats(VectorQuantizer(64, 8, entropy_temperature=0.5))(params, z)
+  np.testing.assert_array_equal(sharded[0], reference[0])
+  for got, want in zip(sharded[1:], reference[1:]):
+    np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 # Codebook maintenance inside training (the 'codebook_state' collection).

@@ -6,15 +6,11 @@ same global batches (host 0's local batch followed by host 1's). The tokenizer f
 prior on that tokenizer's codes.
 """
 import functools
-import os
-import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
 
-from tests.helpers import REPO, load_config
+from tests.helpers import launch_main, load_config
 from vqgan_jax.data import input_pipeline
 from vqgan_jax.prior import frozen_tokenizers, model as prior_model, train as prior_train
 from vqgan_jax.runtime import checkpoints, sharding
@@ -24,34 +20,12 @@ from vqgan_jax.models.lpips import load_lpips_params
 PROCESSES = 2
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _launch(workdir, num_train_steps: int, config: str = "configs/tiny.py:test",
             extra: tuple[str, ...] = ()) -> None:
-  """Runs the 2-process job to completion; kills both processes on failure or timeout."""
-  port = _free_port()
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "vqgan_jax.main", f"--config={config}",
-       f"--workdir={workdir}", f"--config.num_train_steps={num_train_steps}",
-       "--config.image_every_steps=-1", f"--coordinator_address=127.0.0.1:{port}",
-       f"--num_processes={PROCESSES}", f"--process_id={i}", *extra],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(PROCESSES)]
-  try:
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  for i, (p, out) in enumerate(zip(procs, outputs)):
-    assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}"
+  """Runs the 2-process job to completion (each process with 4 CPU devices)."""
+  launch_main([f"--config={config}", f"--workdir={workdir}",
+               f"--config.num_train_steps={num_train_steps}", "--config.image_every_steps=-1",
+               *extra], devices=4, processes=PROCESSES, timeout=600)
 
 
 def _reference_params(config, num_steps: int):

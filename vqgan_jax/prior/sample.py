@@ -13,9 +13,7 @@ tokenized as in training), shown above their samples in `conditions.png`.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 
 import jax
@@ -28,7 +26,7 @@ from vqgan_jax.metrics import fid
 from vqgan_jax.prior import samplers
 from vqgan_jax.prior.frozen_tokenizers import load_tokenizers
 from vqgan_jax.prior.model import build_model, token_grid
-from vqgan_jax.runtime import checkpoints, images as image_utils, sharding
+from vqgan_jax.runtime import checkpoints, images as image_utils, sharding, storage
 
 
 def _options(config: ml_collections.ConfigDict) -> dict:
@@ -47,9 +45,9 @@ def _labels(config, num_classes: int, n: int) -> np.ndarray | None:
   return np.asarray([classes[i % len(classes)] for i in range(n)], np.int32)
 
 
-def _restore_params(workdir: str, step: int | None):
-  raw, step = checkpoints.restore_raw_state(workdir, step)
-  return jax.tree.map(jnp.asarray, raw["params"]), step
+def _restore_params(workdir: str, step: int | None, sharding):
+  raw, step = checkpoints.restore_raw_state(workdir, step, fields=("params",), sharding=sharding)
+  return raw["params"], step
 
 
 def sample_images(config: ml_collections.ConfigDict, workdir: str,
@@ -59,17 +57,14 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str,
   if saved.get("stage") != "prior":
     raise ValueError(f"{workdir} is not a prior workdir (its config.json has no stage='prior'); "
                      "--mode=sample needs a workdir trained with a prior config.")
-  tokenizers = load_tokenizers(config)
+  replicated = sharding.replicated(sharding.create_mesh())
+  tokenizers = load_tokenizers(config, replicated)
   grid = token_grid(config, tokenizers.model)
   num_classes = input_pipeline.num_classes(config) if config.conditioning == "class" else 0
   model = build_model(config, tokenizers, num_classes)
-  params, step = _restore_params(workdir, step)
-  replicated = sharding.replicated(sharding.create_mesh())
-  params = jax.device_put(params, replicated)
-  tokenizers.params = jax.device_put(tokenizers.params, replicated)
+  params, step = _restore_params(workdir, step, replicated)
   s = config.sample
-  out_dir = os.path.join(workdir, "samples")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = storage.join(workdir, "samples")
   big_grid = tuple(s.grid_shape) or grid
   decode = jax.jit(tokenizers.decode)
   rng = jax.random.PRNGKey(s.seed)
@@ -102,16 +97,18 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str,
     images.append(image_utils.to_uint8(np.asarray(decode(
         tokenizers.params, tokens.reshape(n, *big_grid)))))
   images = np.concatenate(images)
-  for i, image in enumerate(images):
-    image_utils.save_png(os.path.join(out_dir, f"sample_{i:05d}.png"), image)
-  per_row = int(np.ceil(np.sqrt(len(images))))
-  rows = [images[i:i + per_row] for i in range(0, len(images), per_row)]
-  if len(rows[-1]) < per_row:
-    rows[-1] = np.concatenate([rows[-1], np.zeros((per_row - len(rows[-1]),) + images.shape[1:],
-                                                  np.uint8)])
-  image_utils.save_png(os.path.join(out_dir, "grid.png"), image_utils.image_grid(rows))
-  if cond_images is not None:  # Which eval image conditioned each sample (same order).
-    image_utils.save_png(os.path.join(out_dir, "conditions.png"), image_utils.image_grid(
+  writes = jax.process_index() == 0  # Every host drew the same samples; one writes them.
+  if writes:
+    for i, image in enumerate(images):
+      storage.save_png(storage.join(out_dir, f"sample_{i:05d}.png"), image)
+    per_row = int(np.ceil(np.sqrt(len(images))))
+    rows = [images[i:i + per_row] for i in range(0, len(images), per_row)]
+    if len(rows[-1]) < per_row:
+      rows[-1] = np.concatenate([rows[-1], np.zeros((per_row - len(rows[-1]),) + images.shape[1:],
+                                                    np.uint8)])
+    storage.save_png(storage.join(out_dir, "grid.png"), image_utils.image_grid(rows))
+  if writes and cond_images is not None:  # Which eval image conditioned each sample.
+    storage.save_png(storage.join(out_dir, "conditions.png"), image_utils.image_grid(
         [image_utils.to_uint8(cond_images), images]))
 
   result = {"step": step, "num_samples": len(images), "grid_shape": list(big_grid),
@@ -119,12 +116,11 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str,
             "labels": None if labels is None else labels.tolist(),
             "tokens_per_second": tokens_drawn / elapsed if elapsed else None}
   if s.completion > 0:
-    _complete(config, model, params, tokenizers, grid, num_classes, out_dir)
-    result["completion"] = os.path.join(out_dir, "completion.png")
+    result["completion"] = _complete(config, model, params, tokenizers, grid, out_dir)
   if s.fid:
     result["fid"] = _sample_fid(config, images)
-  with open(os.path.join(out_dir, "samples.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  if writes:
+    storage.write_json(storage.join(out_dir, "samples.json"), result, indent=2)
   logging.info("Wrote %d samples to %s: %s", len(images), out_dir, result)
   return result
 
@@ -138,7 +134,7 @@ def _eval_images(config, n: int) -> np.ndarray:
   return images
 
 
-def _complete(config, model, params, tokenizers, grid, num_classes, out_dir) -> None:
+def _complete(config, model, params, tokenizers, grid, out_dir) -> str:
   """Bottom-half completion of the first `config.sample.completion` eval images."""
   examples = input_pipeline.first_eval_examples(config, config.sample.completion)
   images = jnp.asarray(examples["image"])
@@ -154,7 +150,10 @@ def _complete(config, model, params, tokenizers, grid, num_classes, out_dir) -> 
   rows = [image_utils.to_uint8(np.asarray(images)),
           image_utils.to_uint8(np.asarray(decode(tokenizers.params,
                                                  completed.reshape(n, *grid))))]
-  image_utils.save_png(os.path.join(out_dir, "completion.png"), image_utils.image_grid(rows))
+  path = storage.join(out_dir, "completion.png")
+  if jax.process_index() == 0:
+    storage.save_png(path, image_utils.image_grid(rows))
+  return path
 
 
 def _sample_fid(config, images: np.ndarray) -> float | None:

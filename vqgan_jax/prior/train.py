@@ -151,7 +151,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Prior
   """Trains the prior (resuming from WORKDIR) and returns the final state."""
   mesh = sharding.create_mesh()
   validate_prior_config(config, mesh)
-  tokenizers = load_tokenizers(config)
+  replicated = sharding.replicated(mesh)
+  tokenizers = load_tokenizers(config, replicated)
   grid = token_grid(config, tokenizers.model)
   num_classes = input_pipeline.num_classes(config) if config.conditioning == "class" else 0
   model = build_model(config, tokenizers, num_classes)
@@ -168,8 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Prior
   checkpointer, state, state_shardings, position = training_loop.create_or_restore(
       init, config, workdir, mesh)
 
-  replicated = sharding.replicated(mesh)
-  tok_params = jax.device_put(tokenizers.params, replicated)
+  tok_params = tokenizers.params
   jitted_step = training_loop.jit_step(
       functools.partial(prior_step, config=config, tokenizers=tokenizers, model=model, tx=tx,
                         lr_schedule=lr_schedule, num_classes=num_classes), state_shardings, mesh)

@@ -1,7 +1,6 @@
-"""Images as the metrics and the PNGs see them: uint8 levels, row grids, PNG files."""
+"""Images as the metrics and the PNGs see them: uint8 levels and row grids (PNG files are
+written by `storage.save_png`)."""
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
@@ -15,8 +14,3 @@ def image_grid(rows: list[np.ndarray]) -> np.ndarray:
   """Tiles rows of (N, H, W, 3) uint8 images into one (rows*H, N*W, 3) picture."""
   return np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
 
-
-def save_png(path: str, image_uint8: np.ndarray) -> None:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(image_uint8).save(path)

@@ -7,9 +7,9 @@ A trainer's state must have `step`, `nonfinite_streak` and `skipped_steps` field
 """
 from __future__ import annotations
 
+import collections
 import logging
-import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -18,25 +18,30 @@ from clu import periodic_actions
 from jax.sharding import Mesh
 
 from vqgan_jax.data import input_pipeline
-from vqgan_jax.runtime import checkpoints, images, metric_writer, nonfinite, preemption, sharding
+from vqgan_jax.runtime import checkpoints, metric_writer, nonfinite, preemption, sharding, storage
 
 
 def create_or_restore(init_fn: Callable[[jax.Array], Any], config: ml_collections.ConfigDict,
                       workdir: str, mesh: Mesh, *,
                       init_from: Callable[[Any, Any], Any] | None = None):
   """(checkpointer, state, state_shardings, data position): the latest checkpoint of WORKDIR,
-  else `init_from(state, shardings)` (fine-tuning), else a fresh state, created sharded."""
+  else `init_from(state, abstract_state)` (fine-tuning), else a fresh state, created sharded.
+
+  A resume restores straight into the sharded target: no fresh state is built beside it.
+  """
   checkpointer = checkpoints.Checkpointer(
       workdir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints)
-  state, abstract_state, shardings = sharding.create_sharded_state(
-      init_fn, jax.random.PRNGKey(config.seed), mesh, config.param_sharding)
-  position = 0
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_state, shardings = sharding.abstract_sharded_state(init_fn, rng, mesh,
+                                                              config.param_sharding)
   if checkpointer.latest_step() is not None:
     logging.info("Resuming from %s, step %d.", workdir, checkpointer.latest_step())
     state, position = checkpointer.restore(abstract_state)
-  elif init_from is not None:
-    state = init_from(state, shardings)
-  return checkpointer, state, shardings, position
+    return checkpointer, state, shardings, position
+  state = sharding.materialize_state(init_fn, rng, shardings)
+  if init_from is not None:
+    state = init_from(state, abstract_state)
+  return checkpointer, state, shardings, 0
 
 
 def jit_step(step_fn: Callable[..., Any], state_shardings: Any, mesh: Mesh,
@@ -53,6 +58,31 @@ def jit_step(step_fn: Callable[..., Any], state_shardings: Any, mesh: Mesh,
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)) + (replicated,) * num_constants,
       out_shardings=(state_shardings, replicated),
       donate_argnums=(0,))
+
+
+# The non-finite guard reads the streak counter of the step this many steps back, so the host
+# never waits for the step it just dispatched.
+GUARD_LAG_STEPS = 2
+# Global batches assembled on the devices ahead of the step that consumes them.
+PREFETCH_BATCHES = 2
+
+
+def prefetch_to_mesh(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh,
+                     size: int = PREFETCH_BATCHES) -> Iterator[tuple[dict[str, jax.Array], int]]:
+  """(global batch on the mesh, data position after it) for each host batch, `size` ahead:
+  the host-to-device copies of the next batches overlap the running step."""
+  queue = collections.deque()
+
+  def enqueue() -> None:
+    batch = next(batches)
+    queue.append((sharding.global_batch(batch, mesh), int(batch["_position"])))
+
+  for _ in range(size):
+    enqueue()
+  while True:
+    ready = queue.popleft()
+    enqueue()
+    yield ready
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh, state, step_fn, train_iter,
@@ -86,18 +116,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh, state, step_fn
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=3,
                                           first_profile=config.profile_first_step))
   watcher = preemption.PreemptionWatcher(checkpointer)
-  buffer, previous_metrics, position = [], None, None
+  buffer, in_flight, position = [], collections.deque(), None
+  batches = prefetch_to_mesh(train_iter, mesh)
   try:
     while step < config.num_train_steps:
-      batch = next(train_iter)
-      position = int(batch["_position"])
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = step_fn(state, sharding.global_batch(batch, mesh))
+      batch, position = next(batches)
+      # The mesh in context lets per-device code (the chunked code search) find its axis;
+      # the guard: batch and constants are already on the devices.
+      with jax.profiler.StepTraceAnnotation("train", step_num=step), jax.set_mesh(mesh), (
+          jax.transfer_guard("disallow")):
+        state, metrics = step_fn(state, batch)
       step += 1
-      # The guard reads the previous step's counter, so dispatch is never blocked.
-      if previous_metrics is not None:
-        nonfinite.check_finite_streak(previous_metrics, config.max_nonfinite_steps, step - 1)
-      previous_metrics = metrics
+      in_flight.append((step, metrics))
+      if len(in_flight) > GUARD_LAG_STEPS:  # A step that has finished by now: no stall.
+        nonfinite.check_finite_streak(in_flight[0][1], config.max_nonfinite_steps,
+                                      in_flight.popleft()[0])
       buffer.append(metrics)
       for hook in hooks:
         hook(step)
@@ -113,7 +146,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh, state, step_fn
         writer.write_images(step, {k: v[None] for k, v in pictures.items()})
         if jax.process_index() == 0:
           for name, picture in pictures.items():
-            images.save_png(os.path.join(workdir, "images", f"{name}_{step:08d}.png"), picture)
+            storage.save_png(storage.join(workdir, "images", f"{name}_{step:08d}.png"), picture)
       if eval_fn is not None and config.eval_every_steps >= 0 and (
           (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or last):
         writer.write_scalars(step, eval_fn(state))
@@ -130,8 +163,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh, state, step_fn
       if stop:
         logging.warning("Preempted: checkpoint for step %d written, exiting cleanly.", step)
         break
-    if previous_metrics is not None:
-      nonfinite.check_finite_streak(previous_metrics, config.max_nonfinite_steps, step)
+    for done_step, done_metrics in in_flight:
+      nonfinite.check_finite_streak(done_metrics, config.max_nonfinite_steps, done_step)
   finally:
     checkpointer.close()
     writer.flush()

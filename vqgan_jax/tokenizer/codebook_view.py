@@ -10,10 +10,8 @@ Writes WORKDIR/codebook/{codes_<step>.png, usage_<step>.png, usage_<step>.json}.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from typing import Any
 
 import jax
@@ -22,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from vqgan_jax.models.autoencoder import downsampling_factor
-from vqgan_jax.runtime import host_data, images as image_utils, sharding, trainer_config
+from vqgan_jax.runtime import host_data, images as image_utils, sharding, storage, trainer_config
 from vqgan_jax.tokenizer import evaluate
 from vqgan_jax.tokenizer.load import restore_tokenizer
 
@@ -72,8 +70,7 @@ def plot_usage(histogram: np.ndarray, path: str, title: str) -> None:
   axis.set_ylabel("tokens on the eval split")
   axis.set_title(title, fontsize=10)
   figure.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  figure.savefig(path)
+  storage.save_figure(path, figure)
   plt.close(figure)
 
 
@@ -82,8 +79,8 @@ def visualize_codebook(config: ml_collections.ConfigDict, workdir: str,
   """Counts code usage on the eval split and writes the code atlas and the histogram."""
   mesh = sharding.create_mesh()
   trainer_config.validate_batch_and_data(config, mesh)
-  model, variables, step = restore_tokenizer(workdir, step)
-  params = jax.device_put(variables["params"], sharding.replicated(mesh))
+  model, variables, step = restore_tokenizer(workdir, step, sharding=sharding.replicated(mesh))
+  params = variables["params"]
   evaluation = evaluate.Evaluation(model, ("codebook",), mesh)
   results = evaluation.run(params, host_data.eval_batches(config))
   histogram = evaluation.evaluators["codebook"].histogram
@@ -94,17 +91,15 @@ def visualize_codebook(config: ml_collections.ConfigDict, workdir: str,
              "counts": histogram.astype(int).tolist(), "order_by_usage": order.tolist()}
   if jax.process_index() != 0:
     return summary
-  out_dir = os.path.join(workdir, "codebook")
+  out_dir = storage.join(workdir, "codebook")
   atlas = tile_images(decode_every_code(model, variables, order),
                       columns=math.ceil(math.sqrt(len(order))))
-  image_utils.save_png(os.path.join(out_dir, f"codes_{step}.png"), atlas)
-  plot_usage(histogram, os.path.join(out_dir, f"usage_{step}.png"),
+  storage.save_png(storage.join(out_dir, f"codes_{step}.png"), atlas)
+  plot_usage(histogram, storage.join(out_dir, f"usage_{step}.png"),
              f"{summary['unused_codes']} of {len(histogram)} codes unused on "
              f"{summary['num_images']} eval images; usage {summary['codebook_usage']:.1%}, "
              f"perplexity {summary['perplexity']:.0f} (step {step})")
-  path = os.path.join(out_dir, f"usage_{step}.json")
-  with open(path, "w") as f:
-    json.dump(summary, f)
+  storage.write_json(storage.join(out_dir, f"usage_{step}.json"), summary)
   logging.info("Wrote %s/{codes,usage}_%d.png and usage_%d.json: usage %.4f, %d unused codes.",
                out_dir, step, step, summary["codebook_usage"], summary["unused_codes"])
   return summary

@@ -7,7 +7,6 @@ are documented in `vqgan_jax.runtime.trainer_config`.
 from __future__ import annotations
 
 import math
-import os
 
 import ml_collections
 from jax.sharding import Mesh
@@ -15,7 +14,8 @@ from jax.sharding import Mesh
 from vqgan_jax.models.autoencoder import downsampling_factor
 from vqgan_jax.models.group_norm import GroupNorm
 from vqgan_jax.models.quantizer import CODEBOOK_INITS
-from vqgan_jax.runtime import trainer_config
+from vqgan_jax.models.scalar_quantizers import LFQ_ENTROPIES
+from vqgan_jax.runtime import storage, trainer_config
 from vqgan_jax.tokenizer import losses
 
 QUANTIZER_TYPES = ("vq", "fsq", "lfq")
@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
       restart_unused_steps=0,  # Re-seed codes unchosen for this many steps (0: off).
       buffer_size=0,  # Encoder outputs kept for data init and restarts (0: 4 * codebook_size).
       entropy_temperature=0.0,  # Soft-assignment temperature of the entropy terms (0: off).
+      lfq_entropy="factorized",  # LFQ entropy terms: 'factorized' per bit | 'exact' (2^bits).
       usage_window_steps=100,  # Window of `codebook/window_usage` and dead-code counting.
       remat=False,  # Recompute block activations in the backward pass (less memory).
   ))
@@ -130,6 +131,9 @@ def validate_quantizer_config(model: ml_collections.ConfigDict, loss=None) -> No
                                         model.codebook_size & (model.codebook_size - 1)):
     raise ValueError(f"config.model.codebook_size={model.codebook_size}: LFQ needs a power of "
                      "two (2^bits codes), e.g. 1024.")
+  if model.lfq_entropy not in LFQ_ENTROPIES:
+    raise ValueError(f"config.model.lfq_entropy={model.lfq_entropy!r}; use one of "
+                     f"{LFQ_ENTROPIES} ('exact' sums over all codebook_size codes).")
   if model.codebook_init not in CODEBOOK_INITS:
     raise ValueError(f"config.model.codebook_init={model.codebook_init!r}; use one of "
                      f"{CODEBOOK_INITS}.")
@@ -171,7 +175,7 @@ def validate_eval_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.eval_metrics has unknown evaluator(s) {unknown}; choose from "
                      f"{sorted(evaluators.EVALUATORS)}.")
   path = config.fid_reference_stats
-  if path and "://" not in path and not os.path.exists(path):
+  if path and not storage.exists(path):
     raise ValueError(f"config.fid_reference_stats={config.fid_reference_stats!r} does not exist; "
                      "write it with `python -m vqgan_jax.metrics.fid_stats` or leave it empty.")
 

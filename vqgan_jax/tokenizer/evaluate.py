@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any, Callable, Iterable
 
 import jax
@@ -24,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from vqgan_jax.runtime import checkpoints, host_data, images as image_utils, metric_writer
-from vqgan_jax.runtime import sharding, trainer_config
+from vqgan_jax.runtime import sharding, storage, trainer_config
 from vqgan_jax.tokenizer import evaluators
 from vqgan_jax.tokenizer.config import validate_eval_config, validate_model_config
 from vqgan_jax.tokenizer.load import restore_tokenizer
@@ -71,7 +70,8 @@ class Evaluation:
 
     for i, batch in enumerate(batches):
       global_batch = sharding.global_batch(batch, self._mesh)
-      outputs, mask, recon = self._step(params, self._constants, global_batch)
+      with jax.set_mesh(self._mesh):  # The chunked code search runs per device.
+        outputs, mask, recon = self._step(params, self._constants, global_batch)
       if i == 0 and on_first_batch is not None:
         on_first_batch(global_batch["image"], recon)
       if pending is not None:  # Read the previous batch while this one computes.
@@ -108,7 +108,7 @@ def _grid_saver(path: str) -> Callable[[jax.Array, jax.Array], None]:
     originals = image_utils.to_uint8(sharding.gather_to_host(images)[:GRID_IMAGES])
     recons = image_utils.to_uint8(sharding.gather_to_host(recon)[:GRID_IMAGES])
     if jax.process_index() == 0:
-      image_utils.save_png(path, image_utils.image_grid([originals, recons]))
+      storage.save_png(path, image_utils.image_grid([originals, recons]))
   return save
 
 
@@ -121,19 +121,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.create_mesh()
   trainer_config.validate_batch_and_data(config, mesh)
   validate_eval_config(config)
-  model, variables, step = restore_tokenizer(workdir, step)
+  model, variables, step = restore_tokenizer(workdir, step, sharding=sharding.replicated(mesh))
   saved_model = ml_collections.ConfigDict(checkpoints.read_config(workdir)["model"])
   validate_model_config(saved_model, config.data.image_size)
   if saved_model.to_dict() != ml_collections.ConfigDict(config.model.to_dict()).to_dict():
     logging.info("Evaluating the architecture stored in %s/config.json (--config.model is only "
                  "used for training).", workdir)
-  params = jax.device_put(variables["params"], sharding.replicated(mesh))
+  params = variables["params"]
 
-  out_dir = os.path.join(workdir, "eval")
+  out_dir = storage.join(workdir, "eval")
   evaluation = Evaluation(model, config.eval_metrics, mesh,
                           reference_stats=config.fid_reference_stats)
   results = evaluation.run(params, host_data.eval_batches(config), on_first_batch=_grid_saver(
-      os.path.join(out_dir, f"reconstructions_{step}.png")))
+      storage.join(out_dir, f"reconstructions_{step}.png")))
   results = {"step": step, **results,
              "eval_split": config.data.eval_split, "source": config.data.source,
              "image_size": config.data.image_size,
@@ -146,9 +146,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                               if isinstance(v, float)})
   writer.flush()
   if jax.process_index() == 0:
-    path = os.path.join(out_dir, f"metrics_{step}.json")
-    with open(path + ".tmp", "w") as f:
-      json.dump(results, f, indent=2, default=list)
-    os.replace(path + ".tmp", path)
+    path = storage.join(out_dir, f"metrics_{step}.json")
+    storage.write_json(path, results, indent=2, default=list)
     logging.info("Wrote %s: %s", path, json.dumps(results, default=list))
   return results

@@ -12,11 +12,9 @@ and the discriminator's fake-half gradient (w.r.t. its parameters).
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -31,7 +29,7 @@ from vqgan_jax.models.quantizer import STATE as CODEBOOK_STATE
 from vqgan_jax.models.quantizer import apply_codebook_overrides
 from vqgan_jax.runtime import checkpoints, host_data, images as image_utils, nonfinite
 from vqgan_jax.runtime import optimizers, sharding, trainer_config, training_loop
-from vqgan_jax.tokenizer import losses
+from vqgan_jax.tokenizer import finetune, losses
 from vqgan_jax.tokenizer.config import validate_tokenizer_config
 
 
@@ -86,7 +84,8 @@ def init_state(rng: jax.Array, *, config, model, disc, tx, disc_tx) -> TrainStat
       disc_params=disc_vars["params"],
       disc_batch_stats=disc_vars["batch_stats"],
       disc_opt_state=disc_tx.init(disc_vars["params"]),
-      ema_params=params if config.ema_decay > 0 else {},
+      # A copy: params and ema_params are both donated to the step, so they must not alias.
+      ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay > 0 else {},
       codebook_state=variables.get(CODEBOOK_STATE, {}),
       rng=state_rng,
       nonfinite_streak=jnp.zeros((), jnp.int32),
@@ -249,41 +248,35 @@ def jit_train_step(config, model, disc, tx, disc_tx, lr_schedule, state_sharding
                         disc_tx=disc_tx, lr_schedule=lr_schedule), state_shardings, mesh)
 
 
-def _restore_init_from(state: TrainState, init_from: str, shardings: TrainState) -> TrainState:
-  """Fine-tuning: generator (and discriminator, when present) weights from another workdir."""
-  raw, step = checkpoints.restore_raw_state(init_from)
-  replacements = {}
-  for field in ("params", "disc_params", "disc_batch_stats"):
-    if field not in raw:
-      continue
-    target = getattr(state, field)
-    expected = jax.tree.map(lambda x: x.shape, target)
-    found = jax.tree.map(lambda x: tuple(np.shape(x)), raw[field])
-    if jax.tree.structure(expected) != jax.tree.structure(found) or expected != found:
-      raise ValueError(
-          f"--config.init_from={init_from} (step {step}): its {field!r} does not match this "
-          "config's architecture (config.model / config.discriminator). Use the same model "
-          "fields as that workdir's config.json.")
-    replacements[field] = jax.device_put(raw[field], getattr(shardings, field))
-  logging.info("Initialised %s from %s (step %d).", sorted(replacements), init_from, step)
-  if "params" in replacements and state.ema_params:
-    replacements["ema_params"] = replacements["params"]
-  return state.replace(**replacements)
-
-
 class Reconstructor:
-  """Reconstructs a fixed set of eval images for the PNG/TensorBoard grids (jitted once)."""
+  """Reconstructs a fixed set of eval images for the PNG/TensorBoard grids (jitted once).
+
+  `images` are this host's share; they are padded to a multiple of its devices, so any device
+  count works (8 grid images on a 16- or 32-chip slice), and the padding is dropped after.
+  """
 
   def __init__(self, model: VQModel, images: np.ndarray, mesh):
-    self._mesh = mesh
-    self._images = images
+    self._batch, self._real = sharding.padded_global_batch({"image": images}, mesh)
     self._fn = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
 
   def grid(self, params) -> np.ndarray:
-    batch = sharding.global_batch({"image": self._images}, self._mesh)["image"]
-    recon = sharding.gather_to_host(self._fn(params, batch))
-    originals = sharding.gather_to_host(batch)
+    batch = self._batch["image"]
+    recon = sharding.drop_padding(sharding.gather_to_host(self._fn(params, batch)), self._real)
+    originals = sharding.drop_padding(sharding.gather_to_host(batch), self._real)
     return image_utils.image_grid([image_utils.to_uint8(originals), image_utils.to_uint8(recon)])
+
+
+def create_train_state(config: ml_collections.ConfigDict, workdir: str, mesh, *, model, disc,
+                       tx, disc_tx):
+  """(checkpointer, state, state shardings, data position): WORKDIR's latest checkpoint, else
+  a fresh state fine-tuned from `config.init_from` when set (`vqgan_jax.tokenizer.finetune`)."""
+  init = functools.partial(init_state, config=config, model=model, disc=disc, tx=tx,
+                           disc_tx=disc_tx)
+  init_from = None
+  if config.init_from:
+    init_from = lambda state, abstract: finetune.restore_init_from(state, config.init_from,
+                                                                   abstract)
+  return training_loop.create_or_restore(init, config, workdir, mesh, init_from=init_from)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -293,13 +286,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpoints.write_config(workdir, config.to_dict())
   model, disc = build_models(config)
   tx, disc_tx, lr_schedule = build_optimizers(config)
-  init = functools.partial(init_state, config=config, model=model, disc=disc, tx=tx,
-                           disc_tx=disc_tx)
-  init_from = None
-  if config.init_from:
-    init_from = lambda state, shardings: _restore_init_from(state, config.init_from, shardings)
-  checkpointer, state, state_shardings, position = training_loop.create_or_restore(
-      init, config, workdir, mesh, init_from=init_from)
+  checkpointer, state, state_shardings, position = create_train_state(
+      config, workdir, mesh, model=model, disc=disc, tx=tx, disc_tx=disc_tx)
 
   lpips_params = jax.device_put(load_lpips_params(), sharding.replicated(mesh))
   jitted_step = jit_train_step(config, model, disc, tx, disc_tx, lr_schedule, state_shardings,
