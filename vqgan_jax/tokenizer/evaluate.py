@@ -60,6 +60,7 @@ class Evaluation:
     """Metrics over all `batches` (host-local, with `mask`), plus `num_images`."""
     for e in self.evaluators.values():
       e.reset()
+    params = _on_mesh(params, self._mesh)
     num_images, pending = 0.0, None
 
     def consume(item):
@@ -87,6 +88,17 @@ class Evaluation:
     for key in self.unavailable:
       results[key] = None
     return results
+
+
+def _on_mesh(tree, mesh):
+  """`tree` as is when every array already lives on the mesh's devices (a training state, or a
+  restore onto the mesh: moving those across hosts is not possible); otherwise replicated onto
+  it (host arrays, or one process's `load_tokenizer` result on its first device)."""
+  devices = set(mesh.devices.flat)
+  leaves = jax.tree.leaves(tree)
+  if all(isinstance(x, jax.Array) and set(x.sharding.device_set) == devices for x in leaves):
+    return tree
+  return jax.device_put(tree, sharding.replicated(mesh))
 
 
 class TrainingEvaluator:
