@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from vqgan_jax.runtime import storage
+from vqgan_jax.runtime import host_memory, storage
 
 CONFIG_FILE = "config.json"
 
@@ -102,8 +102,9 @@ class Checkpointer:
     """Restores into `abstract_state` (ShapeDtypeStructs with shardings) and this process's
     input-pipeline position."""
     step = self.latest_step() if step is None else step
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=_restore_args(abstract_state), data=ocp.args.JsonRestore()))
+    with host_memory.freed_memory_returned():
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=_restore_args(abstract_state), data=ocp.args.JsonRestore()))
     positions = restored["data"]["positions"]
     if len(positions) != jax.process_count():
       raise ValueError(
@@ -191,8 +192,9 @@ def restore_into(workdir: str, target: dict[str, Any], step: int | None = None
   try:
     step = _resolve_step(manager, workdir, step)
     args = _restore_args(target)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=args.item, restore_args=args.restore_args, partial_restore=True)))
+    with host_memory.freed_memory_returned():
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=args.item, restore_args=args.restore_args, partial_restore=True)))
   finally:
     manager.close()
   return dict(restored["state"]), step
