@@ -63,10 +63,14 @@ def test_16_devices_fsdp(tmp_path, cache_dir):
 # The full recipe, rFID included, runs on 16 devices above; the two below leave rFID's Inception
 # out of the periodic eval (its compile dominates them here) and resume is proven multi-process
 # by tests/runtime/test_multihost.py.
+# Under pytest-xdist the two largest launches share one worker (`--dist loadgroup`), so they
+# never hold memory at the same time.
+@pytest.mark.xdist_group("largest_launches")
 def test_32_devices(tmp_path, cache_dir):
   _train_resume_eval(tmp_path / "run", cache_dir, devices=32, extra=WITHOUT_RFID, resume=False)
 
 
+@pytest.mark.xdist_group("largest_launches")
 def test_4_processes_of_4_devices(tmp_path, cache_dir):
   _train_resume_eval(tmp_path / "run", cache_dir, devices=4, processes=4, extra=WITHOUT_RFID,
                      resume=False)
