@@ -83,3 +83,10 @@ def gcs_bucket(tmp_path_factory):
   gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   server.terminate()
   server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def imagenet_manual_dir(tmp_path_factory):
+  """ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in the real layout (tests/imagenet_layout.py)."""
+  from tests import imagenet_layout  # pylint: disable=g-import-not-at-top
+  return imagenet_layout.write_manual_dir(tmp_path_factory.mktemp("imagenet_manual"))

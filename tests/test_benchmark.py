@@ -9,7 +9,8 @@ KEYS = ("train_step_seconds", "train_images_per_second", "train_step_flops",
         "achieved_flops_per_second", "peak_matmul_flops_per_second", "fraction_of_peak",
         "encode_images_per_second", "decode_images_per_second", "vq_lookup",
         "sampling_tokens_per_second_kv", "sampling_tokens_per_second_naive", "device",
-        "batch_size", "image_size", "model", "train_step_temp_bytes", "train_step_flops_executed")
+        "batch_size", "image_size", "model", "train_step_temp_bytes", "train_step_flops_executed",
+        "input_images_per_second_per_core", "train_images_per_second_per_device")
 MODEL_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "embed_dim",
               "codebook_size", "disc_layers")
 
@@ -19,7 +20,8 @@ def test_benchmark_writes_every_field(tmp_path):
   subprocess.run(
       [sys.executable, "-m", "vqgan_jax.benchmark", "--config=configs/tiny.py:test",
        "--prior_config=configs/tiny_prior.py:test", f"--out={out}", "--warmup=1", "--runs=2",
-       "--vq_sizes=64,256", "--vq_tokens=512", "--vq_chunk=128", "--matmul_size=256"],
+       "--vq_sizes=64,256", "--vq_tokens=512", "--vq_chunk=128", "--matmul_size=256",
+       "--input_images=8"],
       cwd=REPO, check=True, timeout=600, capture_output=True)
   results = json.loads(out.read_text())
   # conftest's 8 CPU devices: the step ran sharded and timed more than one call.

@@ -12,7 +12,9 @@ train_step_flops_executed counts), achieved_flops_per_second,
 peak_matmul_flops_per_second (the fastest of `--runs` large matmuls on every device at once in
 the same run: float32 on CPU, bfloat16 on GPU/TPU), fraction_of_peak, train_step_temp_bytes
 (XLA's scratch memory of the step: what `--config.model.remat=True` lowers),
-encode/decode_images_per_second, vq_lookup (seconds and XLA's peak bytes per codebook size at a
+encode/decode_images_per_second, input_images_per_second_per_core (the train pipeline's JPEG
+decode + random resize/crop/flip on one CPU thread, over ImageNet-sized JPEGs made from the
+embedded photos) next to train_images_per_second_per_device (what the step consumes), vq_lookup (seconds and XLA's peak bytes per codebook size at a
 fixed token count, in the lookup dimension), sampling_tokens_per_second_kv / _naive, device,
 batch_size, image_size, model.
 """
@@ -53,6 +55,10 @@ def _define_flags() -> None:
   flags.DEFINE_integer("vq_tokens", 16384, "Tokens per quantizer lookup.")
   flags.DEFINE_integer("vq_chunk", 2048, "Also time the chunked lookup with this many tokens per "
                        "chunk (0: only the unchunked one).")
+  flags.DEFINE_bool("input_only", False, "Only time the input pipeline (sizing a host's "
+                    "input workers needs no accelerator).")
+  flags.DEFINE_integer("input_images", 512, "Images decoded and augmented to time the input "
+                       "pipeline (after as many untimed).")
   flags.DEFINE_integer("matmul_size", 4096, "N of the N x N x N peak-measuring matmul.")
   flags.mark_flags_as_required(["config"])
 
@@ -187,9 +193,45 @@ def bench_sampling(prior_config, tokenizer_config, warmup: int, runs: int) -> di
   return out
 
 
+IMAGENET_MEAN_HW = (375, 500)  # About ImageNet's mean image size (height, width).
+
+
+def bench_input(config, num_images: int) -> float:
+  """Train-pipeline images/s on one CPU thread: JPEG decode, random-scale resize, random crop,
+  flip and scaling, exactly the ops `vqgan_jax.data.pipeline` runs per example."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.data import embedded, input_pipeline, preprocess  # pylint: disable=g-import-not-at-top
+  settings = input_pipeline._settings(config, 0, 1)  # pylint: disable=protected-access
+  jpegs = [tf.io.encode_jpeg(tf.image.resize(photo, IMAGENET_MEAN_HW, antialias=True)
+                             .numpy().round().astype(np.uint8), quality=90)
+           for photo in embedded.load_photos()]
+  key = preprocess.base_key(config.seed, 0, preprocess.AUGMENT_STREAM)
+
+  def example(position, encoded):
+    image = preprocess.random_train_crop(
+        preprocess.decode_rgb(encoded), preprocess.fold_in(key, position),
+        crop_hw=settings.crop_hw, resize_size=settings.resize_size,
+        scale_jitter=settings.scale_jitter, flip=settings.random_flip)
+    return preprocess.to_model_range(image)
+
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = 1
+  options.threading.max_intra_op_parallelism = 1
+  dataset = tf.data.Dataset.from_tensor_slices(tf.stack(jpegs)).repeat().enumerate().map(
+      example).with_options(options)
+  iterator = iter(dataset)
+  for _ in range(num_images):  # Untimed: graph building and warm caches.
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(num_images):
+    next(iterator)
+  return num_images / (time.perf_counter() - start)
+
+
 def run_benchmark(config, prior_config=None, *, warmup: int = 2, runs: int = 10,
                   vq_sizes=(1024, 4096, 16384, 65536), vq_tokens: int = 16384,
-                  vq_chunk: int = 2048, matmul_size: int = 4096) -> dict[str, Any]:
+                  vq_chunk: int = 2048, matmul_size: int = 4096,
+                  input_images: int = 512) -> dict[str, Any]:
   results: dict[str, Any] = {
       "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "batch_size": config.batch_size,
@@ -208,6 +250,9 @@ def run_benchmark(config, prior_config=None, *, warmup: int = 2, runs: int = 10,
   results.update(bench_train_step(config, warmup, runs))
   results["fraction_of_peak"] = (results["achieved_flops_per_second"]
                                  / results["peak_matmul_flops_per_second"])
+  results["train_images_per_second_per_device"] = (results["train_images_per_second"]
+                                                   / jax.device_count())
+  results["input_images_per_second_per_core"] = bench_input(config, input_images)
   lookup_dim = config.model.codebook_dim or config.model.embed_dim
   results["vq_lookup"] = bench_vq_lookup(lookup_dim, list(vq_sizes), vq_tokens, warmup, runs,
                                          vq_chunk)
@@ -231,9 +276,17 @@ def format_table(results: dict[str, Any]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.input_only:
+    results = {"image_size": list(train.image_shape(FLAGS.config)),
+               "input_images_per_second_per_core": bench_input(FLAGS.config, FLAGS.input_images)}
+    print(json.dumps(results))
+    if FLAGS.out:
+      storage.write_json(FLAGS.out, results, indent=2)
+    return
   results = run_benchmark(FLAGS.config, FLAGS.prior_config, warmup=FLAGS.warmup, runs=FLAGS.runs,
                           vq_sizes=[int(k) for k in FLAGS.vq_sizes], vq_tokens=FLAGS.vq_tokens,
-                          vq_chunk=FLAGS.vq_chunk, matmul_size=FLAGS.matmul_size)
+                          vq_chunk=FLAGS.vq_chunk, matmul_size=FLAGS.matmul_size,
+                          input_images=FLAGS.input_images)
   print(format_table(results))
   if FLAGS.out:
     storage.write_json(FLAGS.out, results, indent=2)

@@ -1,4 +1,5 @@
 """Tests for vqgan_jax/data/input_pipeline.py: sources, determinism, exact resume, sharding, skipping."""
+import io
 import logging
 import os
 
@@ -243,13 +244,13 @@ class VqganJaxTinyImages(tfds.core.GeneratorBasedBuilder):
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
-  VqganJaxTinyImages(data_dir=str(data_dir)).download_and_prepare()
+  VqganJaxTinyImages(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
   return data_dir
 
 
 def _tfds_config(data_dir, **data):
   return _config(source="tfds", tfds_name="vqgan_jax_tiny_images", tfds_data_dir=str(data_dir),
-                 eval_split="test", shuffle_buffer_size=4, **data)
+                 eval_split="test", **data)
 
 
 def test_tfds_by_name(tfds_dir):
@@ -272,6 +273,40 @@ def test_tfds_by_name(tfds_dir):
   evals = _eval(config, batch=3)
   assert len(evals) == 1 and list(evals[0]["mask"]) == [1, 1, 0]
   assert _colour_ids(evals[0]["image"][:2]) == [10, 11]
+
+
+def test_tfds_resume_reads_nothing_it_skips(tfds_dir):
+  from vqgan_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  config = _tfds_config(tfds_dir)
+  settings = input_pipeline._settings(config, 0, 1)  # pylint: disable=protected-access
+  start = 10**12 + 3  # Epoch 10^11: a skip would read 10^12 records first.
+  source = sources.make_source(config.data, settings)
+  batch = next(pipeline.train_dataset(source, settings, local_batch_size=5,
+                                      start_position=start).as_numpy_iterator())
+  assert list(batch["_positions"]) == list(range(start, start + 5))
+  # Only the batch and what tf.data prefetched behind it were read.
+  assert 5 <= source.reads < 1000, source.reads
+  # The records are the ones that epoch's permutation names.
+  records = [source._train[settings.train_index(p, 10)]["image"]  # pylint: disable=protected-access
+             for p in range(start, start + 5)]
+  named = np.stack([np.asarray(PIL.Image.open(io.BytesIO(r))) for r in records]) / 127.5 - 1
+  assert _colour_ids(batch["image"]) == _colour_ids(named)
+
+
+def test_tfds_epochs_are_different_permutations(tfds_dir):
+  batches = _train(_tfds_config(tfds_dir), 6, batch=5)  # 3 epochs of 10.
+  epochs = [np.concatenate([_colour_ids(b["image"]) for b in batches[e:e + 2]])
+            for e in range(0, 6, 2)]
+  for order in epochs:
+    assert sorted(order) == list(range(10))
+  assert len({tuple(order) for order in epochs}) == 3
+
+
+def test_tfds_tfrecord_dataset_says_how_to_convert(tmp_path):
+  VqganJaxTinyImages(data_dir=str(tmp_path)).download_and_prepare()  # TFRecord, TFDS's default.
+  with pytest.raises(ValueError, match="(?s)cannot be read at a random position.*"
+                                       "tfds convert_format --dataset_version_dir="):
+    input_pipeline.validate_data_config(_tfds_config(tmp_path))
 
 
 def test_tfds_missing_dataset_says_what_to_do(tmp_path, tfds_dir):

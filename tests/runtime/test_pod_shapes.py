@@ -2,8 +2,10 @@
 checkpoint cadence, resume, --mode=eval), shrunk only in size, on the device counts of a pod
 slice: 16 and 32 forced CPU devices in one process, and 4 processes x 4 devices (a v4-32).
 
-Until a prepared ImageNet is available to the tests, the data are the embedded photos at the
-config's crop size (`--config.data.source=embedded`). Launches share a compilation cache.
+The 16-device run reads the config's own data source, TFDS `imagenet2012`, prepared by the
+run itself from a manual-download folder in the ILSVRC2012 layout (`--config.data.
+tfds_manual_dir`, as the README tells users; tests/imagenet_layout.py); the others read the
+embedded photos at the config's crop size. Launches share a compilation cache.
 """
 import pytest
 
@@ -28,9 +30,11 @@ def _scalars(logdir: str, tag: str) -> dict[int, float]:
 
 
 def _train_resume_eval(workdir, cache_dir, *, devices: int, processes: int = 1,
+                       data: tuple[str, ...] = EMBEDDED, num_eval: int = 226,
                        extra: tuple[str, ...] = (), resume: bool = True) -> None:
-  """Trains 2 steps (grid, periodic eval, checkpoint), optionally resumes to 4, then --mode=eval."""
-  args = [CONFIG, f"--workdir={workdir}", *EMBEDDED, *extra]
+  """Trains 2 steps (grid, periodic eval, checkpoint), optionally resumes to 4, then --mode=eval
+  over the whole eval split (`num_eval` images)."""
+  args = [CONFIG, f"--workdir={workdir}", *data, *extra]
   launch_main(args + ["--config.num_train_steps=2"], devices=devices, processes=processes,
               cache_dir=cache_dir)
   assert checkpoints.Checkpointer(str(workdir), every_steps=1, keep=3).all_steps() == [2]
@@ -51,13 +55,18 @@ def _train_resume_eval(workdir, cache_dir, *, devices: int, processes: int = 1,
   launch_main(args + ["--mode=eval", *WITHOUT_RFID],
               devices=devices, processes=processes, cache_dir=cache_dir)
   metrics = storage.read_json(str(workdir / "eval" / f"metrics_{last}.json"))
-  assert metrics["step"] == last and metrics["num_images"] == 226
+  assert metrics["step"] == last and metrics["num_images"] == num_eval
   assert 0 < metrics["codebook_usage"] <= 1 and metrics["psnr"] > 0
 
 
-def test_16_devices_fsdp(tmp_path, cache_dir):
+def test_16_devices_fsdp_on_imagenet2012(tmp_path, cache_dir, imagenet_manual_dir):
+  from tests import imagenet_layout  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "tensorflow_datasets"
   _train_resume_eval(tmp_path / "run", cache_dir, devices=16,
-                     extra=("--config.param_sharding=fsdp",))
+                     data=(f"--config.data.tfds_manual_dir={imagenet_manual_dir}",
+                           f"--config.data.tfds_data_dir={data_dir}"),
+                     num_eval=imagenet_layout.NUM_VAL, extra=("--config.param_sharding=fsdp",))
+  assert (data_dir / "imagenet2012").is_dir()  # The first launch prepared it.
 
 
 # The full recipe, rFID included, runs on 16 devices above; the two below leave rFID's Inception

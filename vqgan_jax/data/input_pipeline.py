@@ -8,15 +8,18 @@ Sources (`config.data.source`):
               after pip install (see `vqgan_jax.data.embedded`; labels are photo indices). Train:
               random-scale random crops of the train photos; eval: a fixed grid of crops of
               the held-out photos.
-  'tfds'      A prepared TFDS dataset; each host reads its `tfds.split_for_jax_process` shard.
+  'tfds'      A prepared TFDS dataset in ArrayRecord format (random access; see
+              `vqgan_jax.data.tfds_data`); each host reads its `tfds.split_for_jax_process` shard.
   'folder'    Local images: root/<split>/<class>/*, root/<class>/* or root/* (see
               `vqgan_jax.data.folder`); each host takes every process_count-th file.
 Train examples: resize the shorter side (bicubic, antialiased), random crop `image_size`,
 optional horizontal flip. Eval examples: resize the shorter side, center crop.
 
 Determinism and resume: the train stream of a host is an infinite sequence of source records,
-reshuffled every epoch from (config.seed, host, epoch); crop and flip randomness comes from
-stateless ops keyed by (config.seed, host, stream position). Every batch carries `_position`,
+every epoch a fresh permutation of all of them drawn from (config.seed, host, epoch) (not a
+shuffle buffer: every source is read by index, TFDS through its ArrayRecord files); crop and
+flip randomness comes from stateless ops keyed by (config.seed, host, stream position). A
+resume computes the record at its position directly and reads nothing before it. Every batch carries `_position`,
 the number of source records consumed after it (undecodable ones included, so without them it
 is k * local_batch_size after k batches); `create_train_iterator(..., start_position=p)`
 continues bitwise-identically where a run that had reached `p` stopped.
@@ -45,7 +48,6 @@ batches, the last ones padded with `mask` 0.0 (1.0 for real images).
   tfds_data_dir        Where TFDS datasets are prepared ('': the TFDS default).
   tfds_manual_dir      Manual downloads (ImageNet's tars); if set and the dataset is not
                        prepared yet, it is prepared on first use.
-  shuffle_buffer_size  'tfds' only: examples in the per-epoch shuffle buffer (kept encoded).
   folder               'folder' only: the root folder.
   folder_eval_fraction 'folder' without split subfolders: fraction of files held out for eval.
 """
@@ -82,7 +84,6 @@ def default_data_config() -> ml_collections.ConfigDict:
       tfds_name="",
       tfds_data_dir="",
       tfds_manual_dir="",
-      shuffle_buffer_size=10_000,
       folder="",
       folder_eval_fraction=0.05,
   ))
@@ -125,9 +126,6 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
     from vqgan_jax.data import folder  # pylint: disable=g-import-not-at-top
     folder.scan(data.folder, data.train_split, data.eval_split, data.folder_eval_fraction)
   elif data.source == "tfds":
-    if data.shuffle_buffer_size <= 0:
-      raise ValueError(f"config.data.shuffle_buffer_size={data.shuffle_buffer_size} must be "
-                       "positive.")
     from vqgan_jax.data import tfds_data  # pylint: disable=g-import-not-at-top
     tfds_data.find_builder(data)
 
@@ -168,7 +166,7 @@ def _settings(config: ml_collections.ConfigDict, process_index: int, process_cou
       resize_size=data.resize_size or (EMBEDDED_RESIZE_FACTOR if is_embedded else 1) * max(crop_hw),
       scale_jitter=(data.scale_jitter if data.scale_jitter >= 0 else
                     EMBEDDED_SCALE_JITTER if is_embedded else 0.0),
-      random_flip=data.random_flip, shuffle_buffer_size=data.shuffle_buffer_size)
+      random_flip=data.random_flip)
 
 
 def _source(config: ml_collections.ConfigDict, process_index: int, process_count: int):

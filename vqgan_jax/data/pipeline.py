@@ -1,8 +1,8 @@
 """tf.data graphs for the train stream and the eval pass, over any source.
 
-Train: epochs start..inf, each the source's records in that epoch's order, numbered by their
-stream position (epoch * num_train + index, counted before undecodable records are dropped);
-`start_position` skips records before anything is decoded. Undecodable records are dropped by
+Train: stream positions start_position.. (epoch * num_train + i); each position names one source
+record through that epoch's permutation (`preprocess.stream_index`), so a resume starts at its
+position directly and reads nothing before it. Undecodable records are dropped by
 `ignore_errors`; each example keeps its position so the caller can see which were dropped.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tensorflow as tf
 from vqgan_jax.data import preprocess
 from vqgan_jax.data.sources import Settings
 
-_NO_END = 2**62  # Epoch count of the "infinite" train stream.
+_NO_END = 2**62  # End of the "infinite" train stream.
 
 
 def _options() -> tf.data.Options:
@@ -25,15 +25,12 @@ def train_dataset(source, settings: Settings, *, local_batch_size: int,
                   start_position: int) -> tf.data.Dataset:
   """Batches of `image`, `label` and `_positions` (each example's stream position)."""
   num_train = source.num_train
-  start_epoch, offset = divmod(start_position, num_train)
   augment_key = preprocess.base_key(settings.seed, settings.process_index,
                                     preprocess.AUGMENT_STREAM)
 
-  def numbered_epoch(epoch):
-    return source.train_epoch(epoch).enumerate(start=epoch * num_train)
-
-  def example(position, record):
-    image, label = source.decode(record)
+  def example(position):
+    index = preprocess.stream_index(position, num_train, settings.seed, settings.process_index)
+    image, label = source.decode(source.train_record(index))
     image = preprocess.random_train_crop(
         image, preprocess.fold_in(augment_key, position), crop_hw=settings.crop_hw,
         resize_size=settings.resize_size, scale_jitter=settings.scale_jitter,
@@ -41,7 +38,7 @@ def train_dataset(source, settings: Settings, *, local_batch_size: int,
     return {"image": preprocess.to_model_range(image), "label": tf.cast(label, tf.int32),
             "_positions": position}
 
-  dataset = tf.data.Dataset.range(start_epoch, _NO_END).flat_map(numbered_epoch).skip(offset)
+  dataset = tf.data.Dataset.range(start_position, _NO_END)
   dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   dataset = dataset.ignore_errors().batch(local_batch_size, drop_remainder=True)
   return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())

@@ -23,16 +23,18 @@ def base_key(seed: int, process_index: int, stream: int) -> tf.Tensor:
   return fold_in(tf.constant([seed, process_index], tf.int64), stream)
 
 
-def epoch_permutation(n: int, seed: int, process_index: int, epoch) -> tf.Tensor:
-  """A permutation of range(n) for this process and epoch; identical in eager and graph mode."""
-  key = fold_in(base_key(seed, process_index, EPOCH_STREAM), epoch)
-  return tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key)
+def stream_index(position, num_records: int, seed: int, process_index: int) -> tf.Tensor:
+  """The source record at train stream `position` of this process: epoch `position //
+  num_records` visits every record once, in a permutation drawn from (seed, process, epoch).
 
-
-def epoch_shuffle_seed(seed: int, process_index: int, epoch) -> tf.Tensor:
-  """A non-negative int64 seed for `tf.data.Dataset.shuffle` in this process and epoch."""
+  `tf.random.experimental.index_shuffle` computes one element of the permutation without
+  materialising it, so any position (a resume) costs the same as the first. Identical in eager
+  and graph mode.
+  """
+  position = tf.cast(position, tf.int64)
+  epoch, index = position // num_records, position % num_records
   key = fold_in(base_key(seed, process_index, EPOCH_STREAM), epoch)
-  return tf.random.stateless_uniform([], key, minval=0, maxval=2**62, dtype=tf.int64)
+  return tf.random.experimental.index_shuffle(index, key, tf.constant(num_records - 1, tf.int64))
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:

@@ -1,10 +1,11 @@
-"""One process's view of each data source: its share of the records, in a per-epoch order.
+"""One process's view of each data source: its share of the records, read by index.
 
-A source hands out *records* (a path, encoded bytes or a photo index: cheap to skip) and turns
-a record into an image only when asked, so resuming skips records without decoding them.
-Every source has the same interface:
+Every source is indexable: the pipeline asks for train record i (a path, encoded bytes or a
+photo index) of this process's share and turns it into an image only then, so the per-epoch
+order is a permutation of indices (`preprocess.stream_index`) and a resume reads nothing before
+its position. Every source has the same interface:
   num_train, num_eval, num_eval_global   record counts (train: per epoch in this process)
-  train_epoch(epoch)                     this process's train records in that epoch's order
+  train_record(index)                    this process's train record `index` (graph op)
   decode(record)                         (uint8 (h, w, 3) image, label); raises if undecodable
   eval_records(), eval_example(record)   eval records in a fixed order, and their final crops
   describe_train(position), describe_eval(index)   a record's name, for skip warnings
@@ -33,7 +34,10 @@ class Settings:
   resize_size: int
   scale_jitter: float
   random_flip: bool
-  shuffle_buffer_size: int
+
+  def train_index(self, position: int, num_records: int) -> int:
+    """The record index at a train stream position (eager; for messages)."""
+    return int(preprocess.stream_index(position, num_records, self.seed, self.process_index))
 
 
 class _FileEval:
@@ -61,14 +65,9 @@ class FolderSource(_FileEval):
     self.num_eval = len(self._eval_paths)
     self.num_eval_global = len(dataset.eval.paths)
 
-  def _order(self, epoch) -> tf.Tensor:
-    s = self.settings
-    return preprocess.epoch_permutation(self.num_train, s.seed, s.process_index, epoch)
-
-  def train_epoch(self, epoch) -> tf.data.Dataset:
+  def train_record(self, index) -> dict[str, tf.Tensor]:
     paths, labels = self._train
-    return tf.data.Dataset.from_tensor_slices(self._order(epoch)).map(
-        lambda i: {"path": tf.gather(paths, i), "label": tf.gather(labels, i)})
+    return {"path": tf.gather(paths, index), "label": tf.gather(labels, index)}
 
   def decode(self, record):
     return preprocess.decode_rgb(tf.io.read_file(record["path"])), record["label"]
@@ -79,8 +78,7 @@ class FolderSource(_FileEval):
          "label": tf.constant(self._eval_labels, tf.int32)})
 
   def describe_train(self, position: int) -> str:
-    epoch, index = divmod(position, self.num_train)
-    return self._train_paths[int(self._order(epoch).numpy()[index])]
+    return self._train_paths[self.settings.train_index(position, self.num_train)]
 
   def check_decodable(self, max_attempts: int = 256) -> None:
     """Raises unless one of this host's first `max_attempts` train files decodes: a folder of
@@ -102,10 +100,11 @@ class FolderSource(_FileEval):
 
 
 class TfdsSource(_FileEval):
-  """This process's `tfds.split_for_jax_process` shard, images left encoded until `decode`.
+  """This process's `tfds.split_for_jax_process` shard, read at random positions through TFDS's
+  ArrayRecord data source (`builder.as_data_source`); images stay encoded until `decode`.
 
-  Train order per epoch: the shard's on-disk order (TFDS shuffles examples when it prepares a
-  dataset) through a shuffle buffer seeded from (seed, process, epoch).
+  `reads` counts the records this process has read (train and eval), so tests can check that
+  a resume reads nothing it skips.
   """
 
   def __init__(self, builder, data: ml_collections.ConfigDict, settings: Settings):
@@ -116,35 +115,37 @@ class TfdsSource(_FileEval):
         tfds.split_for_jax_process(split, process_index=settings.process_index,
                                    process_count=settings.process_count)
         for split in (data.train_split, data.eval_split))
-    self.num_train = builder.info.splits[self._train_split].num_examples
-    self.num_eval = builder.info.splits[self._eval_split].num_examples
+    self._train = tfds_data.random_access(builder, self._train_split)
+    self._eval = tfds_data.random_access(builder, self._eval_split)
+    self.num_train = len(self._train)
+    self.num_eval = len(self._eval)
     self.num_eval_global = builder.info.splits[data.eval_split].num_examples
-    self._train = self._read(builder, self._train_split)
-    self._eval = self._read(builder, self._eval_split)
+    self.reads = 0
 
-  def _read(self, builder, split) -> tf.data.Dataset:
-    keys = [tfds_data.IMAGE_KEY] + ([tfds_data.LABEL_KEY] if self._has_label else [])
-    dataset = builder.as_dataset(
-        split=split, shuffle_files=False,
-        decoders={tfds_data.IMAGE_KEY: tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(try_autocache=False))
-    return dataset.map(lambda example: {k: example[k] for k in keys})
+  def _read(self, records, index) -> dict[str, tf.Tensor]:
+    def read(i):
+      self.reads += 1
+      example = records[int(i)]
+      label = example[tfds_data.LABEL_KEY] if self._has_label else 0
+      return np.bytes_(example[tfds_data.IMAGE_KEY]), np.int32(label)
 
-  def train_epoch(self, epoch) -> tf.data.Dataset:
-    s = self.settings
-    seed = preprocess.epoch_shuffle_seed(s.seed, s.process_index, epoch)
-    return self._train.shuffle(s.shuffle_buffer_size, seed=seed)
+    image, label = tf.numpy_function(read, [index], (tf.string, tf.int32), stateful=False)
+    return {"image": tf.ensure_shape(image, []), "label": tf.ensure_shape(label, [])}
+
+  def train_record(self, index) -> dict[str, tf.Tensor]:
+    return self._read(self._train, index)
 
   def decode(self, record):
-    label = record[tfds_data.LABEL_KEY] if self._has_label else 0
-    return (preprocess.decode_rgb(record[tfds_data.IMAGE_KEY]),
-            tf.cast(label, tf.int32))
+    return preprocess.decode_rgb(record["image"]), record["label"]
 
   def eval_records(self) -> tf.data.Dataset:
-    return self._eval
+    return tf.data.Dataset.range(self.num_eval).map(
+        lambda i: self._read(self._eval, i), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
 
   def describe_train(self, position: int) -> str:
-    return f"{self._name} {self._train_split}, train stream position {position}"
+    index = self.settings.train_index(position, self.num_train)
+    return f"{self._name} {self._train_split}, record {index} (train stream position {position})"
 
   def describe_eval(self, index: int) -> str:
     return f"{self._name} {self._eval_split}, example {index}"
@@ -211,10 +212,8 @@ class EmbeddedSource:
     self.num_eval = len(self._eval_labels)
     self.num_eval_global = len(labels)
 
-  def train_epoch(self, epoch) -> tf.data.Dataset:
-    s = self.settings
-    return tf.data.Dataset.from_tensor_slices(
-        preprocess.epoch_permutation(self.num_train, s.seed, s.process_index, epoch))
+  def train_record(self, index) -> tf.Tensor:
+    return index
 
   def decode(self, record):
     index = tf.cast(record, tf.int32)

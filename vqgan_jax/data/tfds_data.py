@@ -1,4 +1,9 @@
-"""Finds a TFDS dataset by name and checks, before anything compiles, that it can be read."""
+"""Finds a TFDS dataset by name and checks, before anything compiles, that it can be read.
+
+Datasets are read at random positions (`builder.as_data_source`), which TFDS supports for the
+ArrayRecord file format only: datasets prepared here are written as ArrayRecord, and one
+prepared as TFRecord gets an error saying how to convert it in place.
+"""
 from __future__ import annotations
 
 import os
@@ -7,6 +12,7 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 IMAGE_KEY, LABEL_KEY = "image", "label"
+FILE_FORMAT = "array_record"
 
 
 def _not_prepared_message(data: ml_collections.ConfigDict, builder) -> str:
@@ -14,7 +20,8 @@ def _not_prepared_message(data: ml_collections.ConfigDict, builder) -> str:
   return (
       f"TFDS dataset {data.tfds_name!r} is not prepared in {data_dir} (looked for "
       f"{builder.data_path}). Either prepare it once with\n"
-      f"  tfds build {data.tfds_name} --data_dir=DATA_DIR [--manual_dir=MANUAL_DIR]\n"
+      f"  tfds build {data.tfds_name} --file_format=array_record --data_dir=DATA_DIR "
+      "[--manual_dir=MANUAL_DIR]\n"
       "and set --config.data.tfds_data_dir=DATA_DIR, or set "
       "--config.data.tfds_manual_dir=MANUAL_DIR to prepare it on first use (single-process runs "
       "only). Datasets that need a manual download, such as imagenet2012, read it from "
@@ -38,7 +45,9 @@ def find_builder(data: ml_collections.ConfigDict):
     if not os.path.isdir(data.tfds_manual_dir):
       raise ValueError(f"config.data.tfds_manual_dir={data.tfds_manual_dir!r} is not a "
                        "directory. " + _not_prepared_message(data, builder))
-    return builder
+    # Prepared here, it is written in the format it is read in.
+    return tfds.builder(data.tfds_name, data_dir=data.tfds_data_dir or None,
+                        file_format=FILE_FORMAT)
   check_prepared(data, builder)
   return builder
 
@@ -51,6 +60,21 @@ def check_prepared(data: ml_collections.ConfigDict, builder) -> None:
                        f"{data.tfds_name!r}; it has {splits}.")
   if IMAGE_KEY not in builder.info.features:
     raise ValueError(f"TFDS dataset {data.tfds_name!r} has no {IMAGE_KEY!r} feature.")
+  formats = {str(getattr(f, "value", f)) for f in builder.info.available_file_formats()}
+  if FILE_FORMAT not in formats:
+    raise ValueError(
+        f"TFDS dataset {data.tfds_name!r} in {builder.data_dir} is stored as {sorted(formats)}, "
+        "which cannot be read at a random position (resume and per-epoch shuffling need it). "
+        "Convert it once, next to the existing files, with\n"
+        f"  tfds convert_format --dataset_version_dir={builder.data_dir} "
+        f"--out_file_format={FILE_FORMAT}\n"
+        f"or prepare it again with `tfds build {data.tfds_name} --file_format={FILE_FORMAT}`.")
+
+
+def random_access(builder, split):
+  """The split (or `split_for_jax_process` shard) as a sequence of examples, images encoded."""
+  return builder.as_data_source(split=split, decoders={IMAGE_KEY: tfds.decode.SkipDecoding()},
+                                file_format=FILE_FORMAT)
 
 
 def prepared_builder(data: ml_collections.ConfigDict, process_count: int = 1):
