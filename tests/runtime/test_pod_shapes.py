@@ -72,14 +72,10 @@ def test_16_devices_fsdp_on_imagenet2012(tmp_path, cache_dir, imagenet_manual_di
 # The full recipe, rFID included, runs on 16 devices above; the two below leave rFID's Inception
 # out of the periodic eval (its compile dominates them here) and resume is proven multi-process
 # by tests/runtime/test_multihost.py.
-# Under pytest-xdist the two largest launches share one worker (`--dist loadgroup`), so they
-# never hold memory at the same time.
-@pytest.mark.xdist_group("largest_launches")
 def test_32_devices(tmp_path, cache_dir):
   _train_resume_eval(tmp_path / "run", cache_dir, devices=32, extra=WITHOUT_RFID, resume=False)
 
 
-@pytest.mark.xdist_group("largest_launches")
 def test_4_processes_of_4_devices(tmp_path, cache_dir):
   _train_resume_eval(tmp_path / "run", cache_dir, devices=4, processes=4, extra=WITHOUT_RFID,
                      resume=False)
