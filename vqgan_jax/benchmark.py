@@ -14,9 +14,12 @@ the same run: float32 on CPU, bfloat16 on GPU/TPU), fraction_of_peak, train_step
 (XLA's scratch memory of the step: what `--config.model.remat=True` lowers),
 encode/decode_images_per_second, input_images_per_second_per_core (the train pipeline's JPEG
 decode + random resize/crop/flip on one CPU thread, over ImageNet-sized JPEGs made from the
-embedded photos) next to train_images_per_second_per_device (what the step consumes), vq_lookup (seconds and XLA's peak bytes per codebook size at a
-fixed token count, in the lookup dimension), sampling_tokens_per_second_kv / _naive, device,
-batch_size, image_size, model.
+embedded photos) next to train_images_per_second_per_device (what the step consumes), vq_lookup
+(seconds and XLA's peak bytes per codebook size at a fixed token count, in the lookup dimension),
+sampling_tokens_per_second_kv / _naive, prior_step_seconds_from_images / _from_codes (the prior's
+train step at the prior config's batch and image size when the frozen tokenizer encodes images
+inside it, and when the batch holds codes stored by `--mode=tokenize`), device, batch_size,
+image_size, model.
 """
 from __future__ import annotations
 
@@ -226,6 +229,53 @@ def bench_input(config, num_images: int) -> float:
   for _ in range(num_images):
     next(iterator)
   return num_images / (time.perf_counter() - start)
+def bench_prior_step(prior_config, tokenizer_config, warmup: int, runs: int) -> dict[str, float]:
+  """Seconds of the prior's train step from images (encoded in the step by a frozen tokenizer
+  of `tokenizer_config`'s architecture, random weights) and from stored codes, side by side."""
+  from vqgan_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.models.autoencoder import VQModel  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.prior import frozen_tokenizers, model as prior_model  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.prior import train as prior_train  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.runtime import trainer_config, training_loop  # pylint: disable=g-import-not-at-top
+  mesh = sharding.create_mesh()
+  sharding.check_batch_divisible(prior_config.batch_size, mesh)
+  h, w = input_pipeline.crop_shape(prior_config.data.image_size)
+  tok_model = VQModel(**tokenizer_config.model.to_dict(),
+                      dtype=trainer_config.compute_dtype(prior_config))
+  tok_params = tok_model.init(jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3)))["params"]
+  tokenizers = frozen_tokenizers.Tokenizers(tok_model, tok_params)
+  tok_params = jax.device_put(tokenizers.params, sharding.replicated(mesh))
+  num_classes = 10 if prior_config.conditioning == "class" else 0
+  model = prior_model.build_model(prior_config, tokenizers, num_classes)
+  grid = prior_model.token_grid(prior_config, tok_model)
+  tx, schedule = prior_train.build_optimizer(prior_config)
+  init = functools.partial(prior_train.init_state, config=prior_config, model=model, tx=tx,
+                           tokens_shape=(1, grid[0] * grid[1]),
+                           cond_example=jnp.zeros((1,), jnp.int32) if num_classes else None)
+  shardings = sharding.tree_shardings(mesh, jax.eval_shape(init, jax.random.PRNGKey(0)),
+                                      prior_config.param_sharding)
+  step = training_loop.jit_step(functools.partial(
+      prior_train.prior_step, config=prior_config, tokenizers=tokenizers, model=model, tx=tx,
+      lr_schedule=schedule, num_classes=num_classes), shardings, mesh)
+  rng = np.random.default_rng(0)
+  b = prior_config.batch_size
+  images = rng.uniform(-1, 1, (b, h, w, 3)).astype(np.float32)
+  labels = rng.integers(0, max(num_classes, 1), (b,)).astype(np.int32)
+  codes = np.asarray(jax.jit(tokenizers.codes)(tokenizers.params, images))
+  out = {}
+  for name, batch in (("images", {"image": images, "label": labels}),
+                      ("codes", {"codes": codes, "label": labels})):
+    batch = sharding.global_batch(batch, mesh)
+    holder = [jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))]
+    with jax.set_mesh(mesh):
+      compiled = step.lower(holder[0], batch, tok_params).compile()
+
+    def one_step(compiled=compiled, batch=batch, holder=holder):
+      holder[0], metrics = compiled(holder[0], batch, tok_params)
+      return metrics
+
+    out[f"prior_step_seconds_from_{name}"] = time_call(one_step, warmup, runs)
+  return out
 
 
 def run_benchmark(config, prior_config=None, *, warmup: int = 2, runs: int = 10,
@@ -258,8 +308,11 @@ def run_benchmark(config, prior_config=None, *, warmup: int = 2, runs: int = 10,
                                          vq_chunk)
   results["sampling_tokens_per_second_kv"] = None
   results["sampling_tokens_per_second_naive"] = None
+  results["prior_step_seconds_from_images"] = None
+  results["prior_step_seconds_from_codes"] = None
   if prior_config is not None:
     results.update(bench_sampling(prior_config, config, warmup, runs))
+    results.update(bench_prior_step(prior_config, config, warmup, runs))
   return results
 
 

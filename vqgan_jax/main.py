@@ -1,4 +1,4 @@
-"""Entry point: `python -m vqgan_jax.main --config=configs/tiny.py --workdir=DIR [--mode=train|eval|codebook|sample]`.
+"""Entry point: `python -m vqgan_jax.main --config=configs/tiny.py --workdir=DIR [--mode=train|eval|codebook|sample|tokenize]`.
 
 Parses flags, initialises multi-host JAX when there is more than one process, and dispatches to
 the job for `--mode`. Everything else lives in the job modules.
@@ -12,7 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-MODES = ("train", "eval", "codebook", "sample")
+MODES = ("train", "eval", "codebook", "sample", "tokenize")
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
@@ -21,7 +21,9 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, logs and images go "
 flags.DEFINE_enum("mode", "train", MODES, "train: train the config's model, a tokenizer or a prior "
                   "(resuming from --workdir); eval: evaluate a tokenizer checkpoint on the eval "
                   "split; codebook: decode every code and plot its usage on the eval split; "
-                  "sample: draw images from a prior.")
+                  "sample: draw images from a prior; tokenize: encode a prior's dataset once with "
+                  "its tokenizer (to WORKDIR/codes or --config.codes_dir) for "
+                  "--config.data.source=codes.")
 flags.DEFINE_integer("step", None, "--mode=eval/codebook/sample: the checkpoint step (default: the latest).")
 flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0, for multi-host runs outside TPU/SLURM auto-detection.")
@@ -81,10 +83,14 @@ def main(argv):
   elif FLAGS.mode == "sample" and stage == "prior":
     from vqgan_jax.prior import sample  # pylint: disable=g-import-not-at-top
     sample.sample_images(config, workdir, FLAGS.step)
+  elif FLAGS.mode == "tokenize" and stage == "prior":
+    from vqgan_jax.prior import tokenize  # pylint: disable=g-import-not-at-top
+    tokenize.tokenize_dataset(config, workdir)
   else:
     raise app.UsageError(
         f"--mode={FLAGS.mode} does not apply to a {stage} config: tokenizers train, eval and "
-        "codebook (the eval loss of a prior is logged during training), priors train and sample "
+        "codebook (the eval loss of a prior is logged during training), priors train, sample and "
+        "tokenize "
         "(sample FID: --config.sample.fid=True).")
   if jax.process_count() > 1:
     # Hosts leave together: process 0 writes the last files (events, PNGs, JSON) while the

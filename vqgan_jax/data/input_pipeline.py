@@ -12,6 +12,8 @@ Sources (`config.data.source`):
               `vqgan_jax.data.tfds_data`); each host reads its `tfds.split_for_jax_process` shard.
   'folder'    Local images: root/<split>/<class>/*, root/<class>/* or root/* (see
               `vqgan_jax.data.folder`); each host takes every process_count-th file.
+  'codes'     Codes written once by `--mode=tokenize` (`vqgan_jax.data.codes`): batches of
+              `codes` (B, h*w) int32 and `label` instead of images, for the prior.
 Train examples: resize the shorter side (bicubic, antialiased), random crop `image_size`,
 optional horizontal flip. Eval examples: resize the shorter side, center crop.
 
@@ -31,7 +33,7 @@ Eval: every eval image exactly once in a fixed order; each host yields the same 
 batches, the last ones padded with `mask` 0.0 (1.0 for real images).
 
 `config.seed` seeds the data order and augmentation. `config.data` fields:
-  source               'embedded' | 'tfds' | 'folder'.
+  source               'embedded' | 'tfds' | 'folder' | 'codes'.
   image_size           Crop size: an int, or (height, width). A ConfigDict keeps a field's type,
                        so a config that wants a tuple sets it inside `with config.ignore_type():`;
                        then `--config.data.image_size='(H, W)'` works on the command line.
@@ -50,6 +52,7 @@ batches, the last ones padded with `mask` 0.0 (1.0 for real images).
                        prepared yet, it is prepared on first use.
   folder               'folder' only: the root folder.
   folder_eval_fraction 'folder' without split subfolders: fraction of files held out for eval.
+  codes_dir            'codes' only: the dir `--mode=tokenize` wrote (its manifest.json).
 """
 from __future__ import annotations
 
@@ -65,7 +68,7 @@ from vqgan_jax.data import embedded
 # The vqgan_jax.data modules that import TensorFlow are imported by the functions that use them,
 # so loading a config stays fast.
 
-SOURCES = ("embedded", "tfds", "folder")
+SOURCES = ("embedded", "tfds", "folder", "codes")
 EMBEDDED_RESIZE_FACTOR = 4
 EMBEDDED_SCALE_JITTER = 0.5
 _WARN_FIRST, _WARN_EVERY = 10, 1000
@@ -86,6 +89,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       tfds_manual_dir="",
       folder="",
       folder_eval_fraction=0.05,
+      codes_dir="",
   ))
 
 
@@ -119,7 +123,10 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
   if data.scale_jitter < 0 and data.scale_jitter != -1:
     raise ValueError(f"config.data.scale_jitter={data.scale_jitter} must be >= 0 "
                      "(or -1: automatic).")
-  if data.source == "folder":
+  if data.source == "codes":
+    from vqgan_jax.data import codes  # pylint: disable=g-import-not-at-top
+    codes.read_manifest(data.codes_dir)
+  elif data.source == "folder":
     if not 0 < data.folder_eval_fraction < 1:
       raise ValueError(f"config.data.folder_eval_fraction={data.folder_eval_fraction} must be "
                        "in (0, 1).")
@@ -169,6 +176,11 @@ def _settings(config: ml_collections.ConfigDict, process_index: int, process_cou
       random_flip=data.random_flip)
 
 
+def example_settings(config: ml_collections.ConfigDict, process_index: int, process_count: int):
+  """The resolved `sources.Settings` (crop, resize, jitter, ...) of one process's examples."""
+  return _settings(config, process_index, process_count)
+
+
 def _source(config: ml_collections.ConfigDict, process_index: int, process_count: int):
   from vqgan_jax.data import sources  # pylint: disable=g-import-not-at-top
   validate_data_config(config)
@@ -209,6 +221,11 @@ def create_train_iterator(config: ml_collections.ConfigDict, *, local_batch_size
   if local_batch_size <= 0 or start_position < 0:
     raise ValueError(f"local_batch_size={local_batch_size} must be positive and "
                      f"start_position={start_position} non-negative.")
+  if config.data.source == "codes":
+    from vqgan_jax.data import codes  # pylint: disable=g-import-not-at-top
+    return codes.create_train_iterator(config, local_batch_size=local_batch_size,
+                                       process_index=process_index, process_count=process_count,
+                                       start_position=start_position)
   source, settings = _source(config, process_index, process_count)
   if source.num_train == 0:
     raise ValueError(f"Process {process_index} of {process_count} has no training images; "
@@ -230,6 +247,10 @@ def create_eval_iterator(config: ml_collections.ConfigDict, *, local_batch_size:
   from vqgan_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   if local_batch_size <= 0:
     raise ValueError(f"local_batch_size={local_batch_size} must be positive.")
+  if config.data.source == "codes":
+    from vqgan_jax.data import codes  # pylint: disable=g-import-not-at-top
+    return codes.create_eval_iterator(config, local_batch_size=local_batch_size,
+                                      process_index=process_index, process_count=process_count)
   source, settings = _source(config, process_index, process_count)
   num_batches = math.ceil(math.ceil(source.num_eval_global / process_count) / local_batch_size)
   dataset = pipeline.eval_dataset(source, settings, local_batch_size=local_batch_size,
@@ -253,6 +274,9 @@ def _eval_batches(batches, source) -> Iterator[dict[str, np.ndarray]]:
 def first_eval_examples(config: ml_collections.ConfigDict, n: int) -> dict[str, np.ndarray]:
   """The first `n` eval examples (`image`, `label`) in eval order, read by this process alone
   (fixed pictures for grids, sampling conditions, completions); fewer if the split is smaller."""
+  if config.data.source == "codes":
+    raise ValueError("config.data.source='codes' holds codes, not images: completions and "
+                     "image conditions need the image source (set config.data back to it).")
   batch = next(iter(create_eval_iterator(config, local_batch_size=n, process_index=0,
                                          process_count=1)))
   real = np.asarray(batch["mask"]) > 0
@@ -261,6 +285,9 @@ def first_eval_examples(config: ml_collections.ConfigDict, n: int) -> dict[str, 
 
 def num_eval_examples(config: ml_collections.ConfigDict) -> int:
   """Eval images over all hosts (for 'folder': files, undecodable ones included)."""
+  if config.data.source == "codes":
+    from vqgan_jax.data import codes  # pylint: disable=g-import-not-at-top
+    return codes.num_eval_examples(config.data)
   return _source(config, 0, 1)[0].num_eval_global
 
 
@@ -270,6 +297,9 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
   if data.source == "embedded":
     return len(embedded.PHOTOS)
   validate_data_config(config)
+  if data.source == "codes":
+    from vqgan_jax.data import codes  # pylint: disable=g-import-not-at-top
+    return codes.num_classes(data)
   if data.source == "folder":
     from vqgan_jax.data import folder  # pylint: disable=g-import-not-at-top
     scanned = folder.scan(data.folder, data.train_split, data.eval_split,

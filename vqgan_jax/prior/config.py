@@ -44,7 +44,17 @@ def base_prior_config() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=4.5e-4, b1=0.9, b2=0.95, weight_decay=0.01, warmup_steps=1000,
       schedule="cosine", grad_clip_norm=1.0))
+  # `--mode=tokenize` writes the train and eval codes here (empty: WORKDIR/codes); train from
+  # them with --config.data.source=codes --config.data.codes_dir=<this dir>.
+  config.codes_dir = ""
   with config.ignore_type():
+    config.tokenize = ml_collections.ConfigDict(dict(
+        # Code sets stored per train image, one of which each epoch picks per example:
+        # 'none' (center crop), 'flip', 'cropK' (K-th random crop); see vqgan_jax.data.code_images.
+        augmentations=("none", "flip"),
+        # Train records per host and shard file (a rerun skips the shards already written).
+        shard_size=4096,
+    ))
     # `--mode=sample`.
     config.sample = ml_collections.ConfigDict(dict(
         num_samples=16,
@@ -72,6 +82,9 @@ def validate_prior_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None
     raise ValueError(f"config.pkeep={config.pkeep} must be in (0, 1].")
   if not 0.0 <= config.label_dropout < 1.0:
     raise ValueError(f"config.label_dropout={config.label_dropout} must be in [0, 1).")
+  if config.data.source == "codes" and config.conditioning == "image":
+    raise ValueError("config.data.source='codes' supports config.conditioning 'none' and "
+                     "'class' for now; train an 'image'-conditioned prior from images.")
   if config.model.embed_dim % config.model.num_heads:
     raise ValueError(f"config.model.embed_dim={config.model.embed_dim} is not divisible by "
                      f"config.model.num_heads={config.model.num_heads}.")

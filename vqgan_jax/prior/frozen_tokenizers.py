@@ -7,14 +7,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vqgan_jax.tokenizer.load import load_tokenizer
+from vqgan_jax.runtime import trainer_config
+from vqgan_jax.tokenizer.load import load_tokenizer, restore_tokenizer
 
 
 class Tokenizers:
   """The frozen tokenizer(s): modules here, params (`self.params`) passed to jitted code."""
 
-  def __init__(self, model, params, cond_model=None, cond_params=None, cond_downsample=1):
+  def __init__(self, model, params, cond_model=None, cond_params=None, cond_downsample=1,
+               step: int | None = None):
     self.model, self.cond_model, self.cond_downsample = model, cond_model, cond_downsample
+    self.step = step  # The tokenizer checkpoint's step (None: not known).
     self.params = {"main": params, "cond": cond_params or {}}
 
   def codes(self, params, images: jax.Array) -> jax.Array:
@@ -47,16 +50,21 @@ class Tokenizers:
 def load_tokenizers(config: ml_collections.ConfigDict,
                     sharding: jax.sharding.Sharding | None = None) -> Tokenizers:
   """The tokenizer of `config.tokenizer_workdir` (and, for 'image' conditioning, the one of
-  `config.cond_tokenizer_workdir`), its weights restored straight onto `sharding`."""
+  `config.cond_tokenizer_workdir`), its weights restored straight onto `sharding`; the encoders
+  and decoders compute in `config.dtype` (the quantizer's code search stays float32)."""
   if not config.tokenizer_workdir:
     raise ValueError("config.tokenizer_workdir is empty: set it to the workdir of a trained "
                      "(python -m vqgan_jax.main --config=configs/tiny.py) or converted tokenizer.")
-  model, variables = load_tokenizer(config.tokenizer_workdir, sharding=sharding)
+  dtype = trainer_config.compute_dtype(config)
+  model, variables, step = restore_tokenizer(config.tokenizer_workdir, sharding=sharding,
+                                             dtype=dtype)
   cond_model, cond_params = None, {}
   if config.conditioning == "image":
     if not config.cond_tokenizer_workdir:
       raise ValueError("config.conditioning='image' needs config.cond_tokenizer_workdir (the "
                        "tokenizer of the downsampled conditioning images).")
-    cond_model, cond_vars = load_tokenizer(config.cond_tokenizer_workdir, sharding=sharding)
+    cond_model, cond_vars = load_tokenizer(config.cond_tokenizer_workdir, sharding=sharding,
+                                           dtype=dtype)
     cond_params = cond_vars["params"]
-  return Tokenizers(model, variables["params"], cond_model, cond_params, config.cond_downsample)
+  return Tokenizers(model, variables["params"], cond_model, cond_params, config.cond_downsample,
+                    step)

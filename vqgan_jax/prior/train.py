@@ -5,7 +5,9 @@
 Same data pipeline, mesh, checkpoints, logging, guards and preemption handling as the tokenizer
 (`vqgan_jax.runtime.training_loop`). Images are tokenized inside the jitted step by the frozen tokenizer
 (its params are a replicated argument, never in the optimizer or the checkpoint), so the prior
-trains on any image source without a separate tokenization pass.
+trains on any image source without a separate tokenization pass; or, with
+`config.data.source='codes'`, on codes stored once by `--mode=tokenize` (`vqgan_jax.prior.tokenize`),
+which skips the tokenizer's forward pass in every step.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import optax
 from vqgan_jax.data import input_pipeline
 from vqgan_jax.prior.config import validate_prior_config
 from vqgan_jax.prior.frozen_tokenizers import Tokenizers, load_tokenizers
+from vqgan_jax.prior import tokenize
 from vqgan_jax.prior.model import build_model, token_grid
 from vqgan_jax.runtime import checkpoints, host_data, images as image_utils, nonfinite
 from vqgan_jax.runtime import optimizers, sharding, training_loop
@@ -66,13 +69,20 @@ def token_loss(model, params, tokens, cond, *, train: bool, rng=None, targets=No
   return nll, correct
 
 
+def batch_codes(tokenizers: Tokenizers, tok_params, batch: dict[str, jax.Array]) -> jax.Array:
+  """(B, h*w) int32 targets: the batch's stored `codes`, else the codes of its images."""
+  if "codes" in batch:
+    return batch["codes"].astype(jnp.int32)
+  return tokenizers.codes(tok_params, batch["image"].astype(jnp.float32))
+
+
 def prior_step(state: PriorState, batch: dict[str, jax.Array], tok_params: Any, *,
                config, tokenizers: Tokenizers, model, tx, lr_schedule, num_classes: int):
-  """One step: tokenize with the frozen tokenizer, corrupt (pkeep), cross-entropy, AdamW."""
+  """One step: tokenize with the frozen tokenizer (unless the batch has stored `codes`), corrupt
+  (pkeep), cross-entropy, AdamW."""
   rng = jax.random.fold_in(state.rng, state.step)
   corrupt_rng, drop_rng, label_rng, dropout_rng = jax.random.split(rng, 4)
-  images = batch["image"].astype(jnp.float32)
-  targets = tokenizers.codes(tok_params, images)
+  targets = batch_codes(tokenizers, tok_params, batch)
   inputs = targets
   if config.pkeep < 1.0:
     keep = jax.random.bernoulli(corrupt_rng, config.pkeep, targets.shape)
@@ -107,7 +117,7 @@ def prior_step(state: PriorState, batch: dict[str, jax.Array], tok_params: Any, 
 
 def eval_sums(params, tok_params, batch, *, config, tokenizers: Tokenizers, model):
   """Masked sums of the eval cross-entropy (no corruption, no label dropout)."""
-  targets = tokenizers.codes(tok_params, batch["image"].astype(jnp.float32))
+  targets = batch_codes(tokenizers, tok_params, batch)
   cond = tokenizers.conditioning(config, tok_params, batch)
   nll, correct = token_loss(model, params, targets, cond, train=False)
   mask = batch["mask"].astype(jnp.float32)[:, None]
@@ -154,6 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Prior
   replicated = sharding.replicated(mesh)
   tokenizers = load_tokenizers(config, replicated)
   grid = token_grid(config, tokenizers.model)
+  if config.data.source == "codes":
+    tokenize.check_codes_manifest(config, tokenizers, grid)
   num_classes = input_pipeline.num_classes(config) if config.conditioning == "class" else 0
   model = build_model(config, tokenizers, num_classes)
   checkpoints.write_config(workdir, config.to_dict())

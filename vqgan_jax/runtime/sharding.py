@@ -122,6 +122,19 @@ def drop_padding(gathered: np.ndarray, real_per_host: int) -> np.ndarray:
       hosts * real_per_host, *gathered.shape[1:])
 
 
+def process_local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded array, in order: what `padded_global_batch` put on
+  its devices, without gathering the other hosts' rows."""
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  rows, seen = [], set()
+  for shard in shards:
+    start = shard.index[0].start or 0
+    if start not in seen:  # A replicated array has the same rows on every device.
+      seen.add(start)
+      rows.append(np.asarray(shard.data))
+  return np.concatenate(rows)
+
+
 def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
   """Raises a message that says what to change when the batch cannot be split evenly."""
   num_devices = mesh.shape[DATA_AXIS]
