@@ -62,11 +62,11 @@ def test_codes_are_the_tokenizers_codes_of_each_augmentation(tokenized):
   np.testing.assert_array_equal(train["id"], embedded.split_indices("train"))
   np.testing.assert_array_equal(train["label"], train["id"])
 
-  settings = input_pipeline.example_settings(config, 0, 1)
-  photos = embedded.load_photos()
+  source, settings = input_pipeline.train_source(config, 0, 1)  # Photos as training reads them.
+  photos = [source.decode(source.train_record(i))[0] for i in range(source.num_train)]
   centre = np.stack([preprocess.center_crop(preprocess.resize_to_cover(
-      photos[i], settings.resize_size, settings.crop_hw), settings.crop_hw).numpy()
-                     for i in train["id"]])
+      photo, settings.resize_size, settings.crop_hw), settings.crop_hw).numpy()
+                     for photo in photos])
   images = preprocess.to_model_range(np.concatenate([centre, centre[:, :, ::-1]])).numpy()
   model, variables = load_tokenizer(config.tokenizer_workdir)
   expected = np.asarray(model.apply(variables, images, method="encode_to_indices")).reshape(
@@ -191,3 +191,49 @@ def test_frozen_tokenizer_computes_in_the_config_dtype(tokenizer_workdir):
   assert tokenizers.model.dtype == jnp.bfloat16 and tokenizers.step == 0
   leaves = jax.tree.leaves(tokenizers.params["main"])
   assert all(leaf.dtype == jnp.float32 for leaf in leaves)  # Weights stay float32.
+
+
+def _folder_of_photos(root):
+  """root/{train,eval}/<class>/*.png: crops of the embedded photos, two classes."""
+  photos = embedded.load_photos()
+  for split, count in (("train", 3), ("eval", 1)):
+    for label in (0, 1):
+      for k in range(count):
+        crop = photos[label][8 * k:8 * k + 40, 8 * k:8 * k + 48]
+        storage.save_png(str(root / split / f"class{label}" / f"{k}.png"), crop)
+  return root
+
+
+@pytest.mark.parametrize("source", ["tfds", "folder"])
+def test_tokenize_reads_tfds_and_folder_sources_by_index(tokenizer_workdir, source, tmp_path,
+                                                         imagenet_manual_dir):
+  """The real imagenet2012 builder (prepared from the ILSVRC2012 layout) and a folder: every
+  train record once, in its global order, labels kept, codes of the eval-style crop; the two
+  hosts of a 2-process run hold disjoint shares that cover the split."""
+  config = _config(tokenizer_workdir, tmp_path / "codes")
+  config.tokenize.augmentations = ("none",)
+  if source == "tfds":
+    config.data.update(source="tfds", tfds_name="imagenet2012", train_split="train",
+                       eval_split="validation", tfds_manual_dir=str(imagenet_manual_dir),
+                       tfds_data_dir=str(tmp_path / "tfds"))
+  else:
+    config.data.update(source="folder", folder=str(_folder_of_photos(tmp_path / "photos")),
+                       train_split="train", eval_split="eval")
+  manifest = tokenize.tokenize_dataset(config, "unused")
+  total = manifest["train"]["num_examples"]
+  assert total == (40 if source == "tfds" else 6)
+  train = codes_data.load_examples(str(tmp_path / "codes"), manifest, "train", 0, 1)
+  np.testing.assert_array_equal(train["id"], np.arange(total))
+  source_0, settings = input_pipeline.train_source(config, 0, 1)
+  decoded = [source_0.decode(source_0.train_record(i)) for i in range(total)]
+  np.testing.assert_array_equal(train["label"], [int(label) for _, label in decoded])
+  crops = np.stack([preprocess.center_crop(preprocess.resize_to_cover(
+      image, settings.resize_size, settings.crop_hw), settings.crop_hw).numpy()
+                    for image, _ in decoded])
+  model, variables = load_tokenizer(config.tokenizer_workdir)
+  expected = model.apply(variables, preprocess.to_model_range(crops).numpy(),
+                         method="encode_to_indices")
+  np.testing.assert_array_equal(train["codes"][:, 0], np.asarray(expected).reshape(total, -1))
+  hosts = [code_images._records(config, p, 2)[2] for p in range(2)]  # pylint: disable=protected-access
+  assert set(hosts[0]).isdisjoint(hosts[1])
+  assert sorted(np.concatenate(hosts)) == list(range(total))

@@ -8,6 +8,7 @@ Augmentations:
             keyed by (config.seed, K, record id) only: the same whatever the host count.
 Host p of P takes every P-th record (TFDS: its `split_for_jax_process` shard); record ids are
 global (photo index, index in the folder's train file list, TFDS example index in the split).
+Records are read by index through the train pipeline's sources, so nothing is read twice.
 """
 from __future__ import annotations
 
@@ -32,54 +33,27 @@ def validate_augmentations(augmentations) -> None:
 
 
 def _records(config: ml_collections.ConfigDict, process_index: int, process_count: int):
-  """(tf.data of {'id', 'record'}, decode(record) -> (uint8 image, label), record count)."""
-  data = config.data
-  if data.source == "embedded":
-    ids = embedded.split_indices("train")[process_index::process_count]
-    photos = embedded.load_photos()
-    records = tf.data.Dataset.from_generator(
-        lambda: ({"id": i, "record": photos[i]} for i in ids),
-        output_signature={"id": tf.TensorSpec((), tf.int64),
-                          "record": tf.TensorSpec((None, None, 3), tf.uint8)})
-    return records, lambda r, i: (r, tf.cast(i, tf.int32)), len(ids)
-  if data.source == "folder":
-    from vqgan_jax.data import folder  # pylint: disable=g-import-not-at-top
-    train = folder.scan(data.folder, data.train_split, data.eval_split,
-                        data.folder_eval_fraction).train
-    ids = np.arange(len(train.paths))[process_index::process_count]
-    records = tf.data.Dataset.from_tensor_slices(
-        {"id": ids.astype(np.int64), "record": {
-            "path": tf.constant([train.paths[i] for i in ids], tf.string),
-            "label": tf.constant(np.asarray(train.labels)[ids], tf.int32)}})
-    return records, lambda r, i: (preprocess.decode_rgb(tf.io.read_file(r["path"])),
-                                  r["label"]), len(ids)
-  return _tfds_records(data, process_index, process_count)
+  """(this host's source, its record indices in order, their global ids).
 
-
-def _tfds_records(data: ml_collections.ConfigDict, process_index: int, process_count: int):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from vqgan_jax.data import tfds_data  # pylint: disable=g-import-not-at-top
-  builder = tfds_data.prepared_builder(data, process_count)
-  splits = [tfds.split_for_jax_process(data.train_split, process_index=i,
-                                       process_count=process_count) for i in range(process_count)]
-  counts = [builder.info.splits[s].num_examples for s in splits]
-  has_label = tfds_data.LABEL_KEY in builder.info.features
-  dataset = builder.as_dataset(split=splits[process_index], shuffle_files=False,
-                               decoders={tfds_data.IMAGE_KEY: tfds.decode.SkipDecoding()},
-                               read_config=tfds.ReadConfig(try_autocache=False))
-  records = dataset.enumerate(start=sum(counts[:process_index])).map(
-      lambda i, example: {"id": i, "record": example})
-
-  def decode(record, _):
-    label = record[tfds_data.LABEL_KEY] if has_label else 0
-    return preprocess.decode_rgb(record[tfds_data.IMAGE_KEY]), tf.cast(label, tf.int32)
-
-  return records, decode, counts[process_index]
+  Records are read by index through the same `vqgan_jax.data.sources` the train pipeline uses,
+  so a resumed tokenize run reads nothing before its first unwritten shard.
+  """
+  source, _ = input_pipeline.train_source(config, process_index, process_count)
+  if config.data.source == "embedded":  # Every process holds every photo: take every P-th.
+    indices = np.arange(process_index, source.num_train, process_count)
+    return source, indices, np.asarray(embedded.split_indices("train"))[indices]
+  indices = np.arange(source.num_train)
+  if config.data.source == "folder":  # Host p holds files p, p + P, ... of the sorted list.
+    return source, indices, process_index + process_count * indices
+  # TFDS: host p holds a contiguous `split_for_jax_process` shard after the earlier hosts'.
+  earlier = sum(input_pipeline.train_source(config, p, process_count)[0].num_train
+                for p in range(process_index))
+  return source, indices, earlier + indices
 
 
 def num_records(config: ml_collections.ConfigDict, process_index: int, process_count: int) -> int:
   """Train records of one host (what its shards cover)."""
-  return _records(config, process_index, process_count)[2]
+  return len(_records(config, process_index, process_count)[1])
 
 
 def _augment(image: tf.Tensor, record_id: tf.Tensor, name: str, settings) -> tf.Tensor:
@@ -105,10 +79,12 @@ def train_shard(config: ml_collections.ConfigDict, *, process_index: int, proces
   """
   settings = input_pipeline.example_settings(config, process_index, process_count)
   names = tuple(config.tokenize.augmentations)
-  records, decode, _ = _records(config, process_index, process_count)
+  source, indices, ids = _records(config, process_index, process_count)
+  records = tf.data.Dataset.from_tensor_slices(
+      {"index": indices[start:start + count], "id": ids[start:start + count].astype(np.int64)})
 
   def example(item):
-    image, label = decode(item["record"], item["id"])
+    image, label = source.decode(source.train_record(item["index"]))
     crops = tf.stack([_augment(image, item["id"], n, settings) for n in names])
     return {"image": preprocess.to_model_range(crops), "label": tf.cast(label, tf.int32),
             "id": item["id"], "mask": tf.constant(1.0)}
@@ -116,7 +92,7 @@ def train_shard(config: ml_collections.ConfigDict, *, process_index: int, proces
   padding = {"image": tf.zeros((len(names), *settings.crop_hw, 3)), "label": tf.constant(0),
              "id": tf.constant(-1, tf.int64), "mask": tf.constant(0.0)}
   num_batches = -(-count // local_batch_size)
-  dataset = records.skip(start).take(count).map(
+  dataset = records.map(
       example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
   dataset = dataset.concatenate(tf.data.Dataset.from_tensors(padding).repeat())
   return dataset.take(num_batches * local_batch_size).batch(local_batch_size).prefetch(2)

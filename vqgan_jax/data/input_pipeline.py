@@ -181,6 +181,11 @@ def example_settings(config: ml_collections.ConfigDict, process_index: int, proc
   return _settings(config, process_index, process_count)
 
 
+def train_source(config: ml_collections.ConfigDict, process_index: int, process_count: int):
+  """(one process's `vqgan_jax.data.sources` source, its settings): records read by index."""
+  return _source(config, process_index, process_count)
+
+
 def _source(config: ml_collections.ConfigDict, process_index: int, process_count: int):
   from vqgan_jax.data import sources  # pylint: disable=g-import-not-at-top
   validate_data_config(config)
