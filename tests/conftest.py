@@ -34,6 +34,37 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def random_tokenizer(tmp_path_factory) -> str:
+  """Workdir of a randomly initialised `configs/tiny.py:test` tokenizer (the trainer's layout):
+  what the prior tests model the codes of."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.models.autoencoder import VQModel  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.tokenizer.load import save_tokenizer  # pylint: disable=g-import-not-at-top
+  config = load_config("tiny", "test")
+  model = VQModel(**config.model.to_dict())
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+  workdir = str(tmp_path_factory.mktemp("tokenizer") / "tiny")
+  save_tokenizer(workdir, {"params": params}, config.to_dict())
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def trained_prior(random_tokenizer, tmp_path_factory):
+  """(config, workdir) of `configs/tiny_prior.py:test` on `random_tokenizer`, trained for 2 steps;
+  shared by the sampling tests. Tests that change the config take a copy first."""
+  from vqgan_jax.prior import train as prior_train  # pylint: disable=g-import-not-at-top
+  config = load_config("tiny_prior", "test")
+  config.tokenizer_workdir = random_tokenizer
+  config.num_train_steps = 2
+  config.image_every_steps = -1
+  config.eval_every_steps = -1
+  workdir = tmp_path_factory.mktemp("trained_prior") / "prior"
+  prior_train.train_and_evaluate(config, str(workdir))
+  return config, workdir
+
+
+@pytest.fixture(scope="session")
 def gcs_bucket(tmp_path_factory):
   """A real GCS server (fake-gcs-server's bundled binary) with an empty bucket: `gs://vqgan-test`.
 

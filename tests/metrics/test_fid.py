@@ -1,4 +1,5 @@
 """FID statistics and the reference-statistics command against direct numpy/scipy computations."""
+import os
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import scipy.linalg
 import skimage.data
 import skimage.io
 
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port
 from vqgan_jax import metrics
 
 
@@ -50,6 +51,48 @@ def test_running_stats_equal_feature_stats():
   assert running.count == len(features)
   np.testing.assert_allclose(mu, want_mu, rtol=1e-12)
   np.testing.assert_allclose(sigma, want_sigma, atol=1e-11)
+
+
+# Each process: its share of the features, in batches, summed over both processes.
+_HOST_SCRIPT = """
+import sys
+import jax
+import numpy as np
+from vqgan_jax import metrics
+port, index, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+jax.distributed.initialize(f"127.0.0.1:{port}", 2, index)
+features = np.load(out.rsplit("/", 1)[0] + "/features.npy")
+running = metrics.RunningStats(dim=features.shape[1])
+for batch in np.array_split(features[:13] if index == 0 else features[13:], 3):
+  running.update(batch)
+summed = running.summed_over_hosts()
+np.savez(out, count=summed.count, mu=summed.stats()[0], sigma=summed.stats()[1])
+jax.distributed.shutdown()
+"""
+
+
+def test_running_stats_summed_over_hosts_equal_stats_of_all_features(tmp_path):
+  """Two processes (gloo on 127.0.0.1) each accumulate part of the features; after the sum
+  both hold the statistics of all of them, bit for bit the same on both."""
+  features = _gaussian_features(5, n=40, shift=2.0)
+  np.save(tmp_path / "features.npy", features)
+  port = free_port()
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+  procs = [subprocess.Popen([sys.executable, "-c", _HOST_SCRIPT, str(port), str(i),
+                             str(tmp_path / f"host{i}.npz")], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  for p in procs:
+    output = p.communicate(timeout=120)[0]
+    assert p.returncode == 0, output[-3000:]
+  hosts = [np.load(tmp_path / f"host{i}.npz") for i in range(2)]
+  want_mu, want_sigma = metrics.feature_stats(features)
+  for host in hosts:
+    assert int(host["count"]) == 40
+    np.testing.assert_allclose(host["mu"], want_mu, rtol=1e-12)
+    np.testing.assert_allclose(host["sigma"], want_sigma, atol=1e-11)
+  for key in ("mu", "sigma"):
+    np.testing.assert_array_equal(hosts[0][key], hosts[1][key])
 
 
 def test_stats_round_trip(tmp_path):

@@ -12,19 +12,11 @@ from jax.sharding import AxisType
 from tests.helpers import load_config
 from vqgan_jax.prior import frozen_tokenizers, model as prior_model, sample, train as prior_train
 from vqgan_jax.runtime import checkpoints, optimizers, sharding
-from vqgan_jax.tokenizer.load import save_tokenizer
-from vqgan_jax.models.autoencoder import VQModel
 
 
-@pytest.fixture(scope="module")
-def tokenizer_workdir(tmp_path_factory):
-  """A (randomly initialised) tiny tokenizer written in the trainer's workdir layout."""
-  config = load_config("tiny", "test")
-  model = VQModel(**config.model.to_dict())
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
-  workdir = str(tmp_path_factory.mktemp("tokenizer") / "tiny")
-  save_tokenizer(workdir, {"params": params}, config.to_dict())
-  return workdir
+@pytest.fixture
+def tokenizer_workdir(random_tokenizer):
+  return random_tokenizer
 
 
 @pytest.fixture

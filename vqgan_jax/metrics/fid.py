@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqgan_jax.models import inception
-from vqgan_jax.runtime import storage
+from vqgan_jax.runtime import sharding, storage
 
 
 def resize_bilinear_tf1(images: jax.Array, size: tuple[int, int]) -> jax.Array:
@@ -41,6 +41,12 @@ def resize_bilinear_tf1(images: jax.Array, size: tuple[int, int]) -> jax.Array:
 def _pool3_uint8(params, images: jax.Array) -> jax.Array:
   x = resize_bilinear_tf1(images.astype(jnp.float32), inception.INPUT_SIZE)
   return inception.FIDInceptionV3().apply({"params": params}, x / 128.0 - 1.0)
+
+
+def pool3_of_uint8(params, images: jax.Array) -> jax.Array:
+  """Pool3 features (N, 2048) of one uint8 batch with `load_inception_params()` weights, jitted
+  (a batch split over the mesh is computed where it lies); no batching or padding here."""
+  return _pool3_uint8(params, images)
 
 
 @functools.lru_cache(maxsize=1)
@@ -94,6 +100,16 @@ class RunningStats:
     self.count += len(features)
     self._sum += features.sum(axis=0)
     self._outer += features.T @ features
+
+  def summed_over_hosts(self) -> "RunningStats":
+    """The running sums of every process's features added together (exactly, in process
+    order): each host accumulates its own samples, every host gets the same total. A
+    collective: every process calls it."""
+    count, total, outer = sharding.sum_over_hosts(
+        [np.asarray(self.count, np.int64), self._sum, self._outer])
+    summed = RunningStats(len(total))
+    summed.count, summed._sum, summed._outer = int(count), total, outer  # pylint: disable=protected-access
+    return summed
 
   def stats(self) -> tuple[np.ndarray, np.ndarray]:
     if self.count < 2:

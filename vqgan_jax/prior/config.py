@@ -57,8 +57,8 @@ def base_prior_config() -> ml_collections.ConfigDict:
     ))
     # `--mode=sample`.
     config.sample = ml_collections.ConfigDict(dict(
-        num_samples=16,
-        batch_size=8,
+        num_samples=16,  # Split over every device of every host.
+        batch_size=8,  # Global rows per step, rounded up to a multiple of the device count.
         temperature=1.0,  # 0: greedy.
         top_k=0,  # 0: off.
         top_p=1.0,  # 1.0: off.
@@ -66,6 +66,7 @@ def base_prior_config() -> ml_collections.ConfigDict:
         classes=(),  # Labels to draw, cycled; empty: every class in turn.
         grid_shape=(),  # (H, W) tokens; empty: the training grid; larger: sliding window.
         completion=0,  # Eval images whose bottom half is resampled (0: off).
+        grid_images=64,  # The first samples, tiled in grid.png (and conditions.png).
         fid=False,  # Sample FID against the eval split (or `fid_reference_stats`).
         use_cache=True,  # KV cache (False recomputes the sequence for every token).
         seed=0,

@@ -5,7 +5,10 @@ top_k, and whether greedy decoding, nucleus filtering and guidance are on). The 
 temperature, top_p and guidance_scale are traced, so changing them does not recompile.
 Image token t (raster index t of a grid) is drawn with `jax.random.fold_in(rng, t)`, so samplers
 visiting the same tokens agree: `sample_grid` on the training grid equals `sample`, and `complete`
-with an all-True mask equals `sample`.
+with an all-True mask equals `sample`. `rng` is one key for the whole batch, or one key per row
+(B keys): then row b's token t is drawn from `fold_in(rng[b], t)` alone, so a row's sample
+does not depend on which batch, device or host draws it (`--mode=sample` keys row i of a run with
+`fold_in(seed_key, i)`).
 
 Per token: guided logits (classifier-free guidance, class-conditional models only), divided by
 the temperature, filtered to the top-k and then the nucleus, drawn. temperature 0 is argmax.
@@ -56,12 +59,14 @@ def sample(model: Transformer, params: Any, rng: jax.Array, *, batch_size: int,
            use_cache: bool = True) -> jax.Array:
   """Draws (batch_size, num_tokens or seq_len) int32 image tokens in raster order.
 
-  `use_cache=False` recomputes the whole sequence for every token (reference and benchmarks).
-  Classifier-free guidance (guidance_scale != 1) pairs each label with the null label.
+  `rng` is one key, or one key per row (module docstring). `use_cache=False` recomputes the whole
+  sequence for every token (reference and benchmarks). Classifier-free guidance
+  (guidance_scale != 1) pairs each label with the null label.
   """
   num_tokens = model.seq_len if num_tokens is None else num_tokens
   if not 1 <= num_tokens <= model.seq_len:
     raise ValueError(f'num_tokens must be in [1, seq_len={model.seq_len}], got {num_tokens}.')
+  _check_rng(rng, batch_size)
   cond = _check_cond(model, cond, batch_size)
   decoding, knobs = _decoding(model, temperature, top_k, top_p, guidance_scale)
   return _sample(model, params, rng, cond, knobs, batch_size=batch_size, num_tokens=num_tokens,
@@ -74,12 +79,13 @@ def complete(model: Transformer, params: Any, rng: jax.Array, tokens: jax.Array,
   """Resamples tokens (B, L) where `mask` (B, L) is True, in raster order, keeping the rest.
 
   Kept tokens are teacher-forced, so each resampled token is conditioned on everything before
-  it. Decoding starts at the first masked position of the batch.
+  it. Decoding starts at the first masked position of the batch. `rng`: one key, or one per row.
   """
   tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
   if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= model.seq_len or mask.shape != tokens.shape:
     raise ValueError(f'complete expects tokens (B, L) with L <= seq_len={model.seq_len} and a '
                      f'mask of the same shape, got {tokens.shape} and {mask.shape}.')
+  _check_rng(rng, tokens.shape[0])
   cond = _check_cond(model, cond, tokens.shape[0])
   decoding, knobs = _decoding(model, temperature, top_k, top_p, guidance_scale)
   return _complete(model, params, rng, tokens.astype(jnp.int32), mask.astype(bool), cond, knobs,
@@ -99,7 +105,8 @@ def sample_grid(model: Transformer, params: Any, rng: jax.Array, *, grid_shape: 
   `known_mask` (B, H, W) True keeps `known_tokens` there (completion on large grids). Token
   conditioning is global (B, cond_len) or, with cond_len == h*w, a (B, H, W) grid aligned with
   the image tokens and cropped to each window (taming's semantic/depth synthesis).
-  `batch_size` is needed only when neither cond nor known_tokens gives it.
+  `batch_size` is needed only when neither cond nor known_tokens gives it. `rng`: one key, or
+  one per row.
   """
   (grid_h, grid_w), (h, w) = grid_shape, train_grid
   if h * w != model.seq_len or not (1 <= h <= grid_h and 1 <= w <= grid_w):
@@ -110,6 +117,7 @@ def sample_grid(model: Transformer, params: Any, rng: jax.Array, *, grid_shape: 
     if given is None:
       raise ValueError('sample_grid needs batch_size when neither cond nor known_tokens is given.')
     batch_size = np.shape(given)[0]
+  _check_rng(rng, batch_size)
   grid = (batch_size, grid_h, grid_w)
   known_tokens = jnp.zeros(grid, jnp.int32) if known_tokens is None else jnp.asarray(known_tokens)
   known_mask = jnp.zeros(grid, bool) if known_mask is None else jnp.asarray(known_mask)
@@ -153,6 +161,20 @@ def _decoding(model: Transformer, temperature: float, top_k: int, top_p: float,
   knobs = {name: jnp.asarray(value, jnp.float32) for name, value in
            (('temperature', temperature), ('top_p', top_p), ('guidance_scale', guidance_scale))}
   return decoding, knobs
+
+
+def _per_row(rng: jax.Array) -> bool:
+  """Whether `rng` is a batch of keys: (B,) typed keys or (B, 2) raw `PRNGKey` data."""
+  typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+  return np.ndim(rng) > (0 if typed else 1)
+
+
+def _check_rng(rng: jax.Array, batch_size: int) -> None:
+  """One key, or exactly one key per row."""
+  typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+  if np.ndim(rng) > (1 if typed else 2) or (_per_row(rng) and np.shape(rng)[0] != batch_size):
+    raise ValueError(f'rng must be one key or one key per row ({batch_size} rows), got shape '
+                     f'{np.shape(rng)} ({rng.dtype}).')
 
 
 def _check_range(values: jax.Array, limit: int, what: str):
@@ -221,14 +243,20 @@ class _Prior:
 
 
 def _picker(rng: jax.Array, decoding: _Decoding, knobs: dict[str, jax.Array]):
-  """pick(logits (B, V), t) -> (B,) int32 token t."""
+  """pick(logits (B, V), t) -> (B,) int32 token t (from one key, or one key per row)."""
+  per_row = _per_row(rng)
+
+  def draw(key, logits, t):
+    return jax.random.categorical(jax.random.fold_in(key, t), logits)
 
   def pick(logits: jax.Array, t: jax.Array) -> jax.Array:
     if decoding.greedy:
       return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = filter_logits(logits / knobs['temperature'], decoding.top_k,
                            knobs['top_p'] if decoding.nucleus else 1.0)
-    return jax.random.categorical(jax.random.fold_in(rng, t), logits).astype(jnp.int32)
+    if per_row:
+      return jax.vmap(draw, in_axes=(0, 0, None))(rng, logits, t).astype(jnp.int32)
+    return draw(rng, logits, t).astype(jnp.int32)
 
   return pick
 

@@ -149,6 +149,48 @@ def check_batch_divisible(global_batch_size: int, mesh: Mesh) -> None:
         "processes; set it to a multiple of the process count.")
 
 
+def shard_host_batch(batch: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A batch every process holds in full (e.g. computed from global row indices) as a global
+  array split over the data axis; each process uploads only the rows of its own devices."""
+  batch = np.asarray(batch)
+  return jax.make_array_from_callback(batch.shape, batch_sharding(mesh), lambda index: batch[index])
+
+
+def local_rows(x: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+  """(row indices in `x`, rows) of this process's shards of a batch-sharded array, in row
+  order, each row once over all processes (replicated shards are read from replica 0 only)."""
+  shards = sorted((s for s in x.addressable_shards if s.replica_id == 0),
+                  key=lambda s: s.index[0].indices(x.shape[0])[0] if s.index else 0)
+  if not shards:
+    return np.zeros((0,), np.int64), np.zeros((0,) + x.shape[1:], x.dtype)
+  indices = np.concatenate([np.arange(*s.index[0].indices(x.shape[0])) for s in shards])
+  return indices, np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def sum_over_hosts(arrays: list[np.ndarray]) -> list[np.ndarray]:
+  """Each array summed over all processes, in process order, so every process gets the same
+  bits (a collective: every process calls it with arrays of the same shapes and dtypes).
+
+  The arrays travel as raw 32-bit words, so float64 values arrive unrounded (JAX without x64
+  would round them to float32) and are added on the host in float64. Every process receives every process's arrays (for FID
+  statistics, 32 MiB per process).
+  """
+  arrays = [np.array(a) for a in arrays]  # Copies: the caller's arrays are never aliased.
+  if jax.process_count() == 1:
+    return arrays
+  if any(a.dtype.itemsize % 4 for a in arrays):
+    raise ValueError("sum_over_hosts takes arrays of 32- or 64-bit dtypes.")
+  words = np.concatenate([np.ascontiguousarray(a).reshape(-1).view(np.uint32) for a in arrays])
+  gathered = np.asarray(multihost_utils.process_allgather(words))  # (processes, words)
+  sums, offset = [], 0
+  for a in arrays:
+    n = a.size * a.dtype.itemsize // 4
+    per_host = np.ascontiguousarray(gathered[:, offset:offset + n]).view(a.dtype)
+    sums.append(np.sum(per_host, axis=0).reshape(a.shape))
+    offset += n
+  return sums
+
+
 def gather_to_host(x: jax.Array) -> np.ndarray:
   """The full value of a (possibly multi-host sharded) array on every host."""
   if jax.process_count() == 1:
