@@ -68,3 +68,20 @@ def test_entropy_weight_schedules():
                              [0.0, 0.05, 0.1, 0.05, 0.0], atol=1e-6)
   with pytest.raises(ValueError, match="entropy_schedule"):
     losses.entropy_weight_schedule(config(entropy_schedule="step"))
+
+
+def test_lecam_terms_and_anchors_against_the_formula():
+  real = jnp.array([2.0, 0.5, -1.0])
+  fake = jnp.array([-2.0, 0.0, 1.0])
+  anchor_real, anchor_fake = 0.4, -0.3
+  want_real = np.mean(np.maximum(np.asarray(real) - anchor_fake, 0.0)**2)
+  want_fake = np.mean(np.maximum(anchor_real - np.asarray(fake), 0.0)**2)
+  assert losses.lecam_real(real, anchor_fake) == pytest.approx(want_real)
+  assert losses.lecam_fake(fake, anchor_real) == pytest.approx(want_fake)
+  anchors = losses.updated_anchors(jnp.array([anchor_real, anchor_fake]), real, fake, 0.9)
+  np.testing.assert_allclose(anchors, [0.9 * 0.4 + 0.1 * 0.5, 0.9 * -0.3 + 0.1 * (-1 / 3)],
+                             rtol=1e-6)
+  # Only logits beyond the other side's anchor are pulled back.
+  grad = jax.grad(losses.lecam_real)(real, anchor_fake)
+  np.testing.assert_allclose(grad, 2 * np.maximum(np.asarray(real) - anchor_fake, 0) / 3,
+                             rtol=1e-6)

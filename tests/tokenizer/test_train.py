@@ -90,6 +90,11 @@ CODEBOOK_OPTIONS = {
                  codebook_init="uniform", restart_unused_steps=0), {}),
     "lfq": (dict(quantizer_type="lfq", codebook_dim=0, codebook_init="uniform",
                  restart_unused_steps=0, entropy_temperature=0.05), dict(entropy_weight=0.1)),
+    # SimVQ's map, IBQ's one-hot gradient and the entropy penalty, with a LeCAM discriminator.
+    "simvq_ibq_lecam": (dict(simvq=True, index_backprop=True, codebook_dim=0,
+                             codebook_init="uniform", restart_unused_steps=0,
+                             entropy_temperature=0.05),
+                        dict(entropy_weight=0.1, lecam_weight=0.5, lecam_decay=0.5)),
 }
 
 
@@ -122,6 +127,11 @@ def test_sharded_step_equals_single_device(config, option):
   # it inherits their tolerance.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2 * lr_sum),
                s8.codebook_state, s1.codebook_state)
+  np.testing.assert_allclose(s8.gan_anchors, s1.gan_anchors, rtol=1e-4, atol=1e-6)
+  if option == "simvq_ibq_lecam":
+    assert np.all(s8.gan_anchors != 0.0)  # The discriminator trained with LeCAM's anchors.
+    np.testing.assert_array_equal(s8.params["quantizer"]["embedding"],
+                                  state.params["quantizer"]["embedding"])  # Frozen basis.
   if option == "vq_all_options":
     quantizer_state = s8.codebook_state["quantizer"]
     assert bool(quantizer_state["initialized"]) and int(quantizer_state["restarts_total"]) > 0
@@ -251,6 +261,10 @@ def test_persistent_nans_stop_the_run(config, tmp_path, monkeypatch):
     (lambda c: setattr(c.model, "quantizer_type", "rvq"), "quantizer_type"),
     (lambda c: setattr(c.model, "codebook_init", "zeros"), "codebook_init"),
     (lambda c: setattr(c.model, "quantizer_type", "fsq"), "fsq_levels"),
+    (lambda c: c.model.update(dict(simvq=True, ema_decay=0.9)), "simvq"),
+    (lambda c: c.model.update(dict(index_backprop=True, lookup_chunk_size=64)),
+     "lookup_chunk_size=0"),
+    (lambda c: setattr(c.loss, "lecam_weight", -1.0), "lecam_weight"),
 ])
 def test_config_errors_say_what_to_change(config, tmp_path, change, message):
   change(config)

@@ -304,6 +304,8 @@ class VQModel(nn.Module):
   entropy_temperature: float = 0.0
   lfq_entropy: str = 'factorized'
   usage_window_steps: int = 100
+  simvq: bool = False
+  index_backprop: bool = False
   remat: bool = False
   dtype: Any = jnp.float32
 
@@ -332,7 +334,8 @@ class VQModel(nn.Module):
           ema_decay=self.ema_decay, ema_epsilon=self.ema_epsilon,
           codebook_init=self.codebook_init, kmeans_iterations=self.kmeans_iterations,
           restart_unused_steps=self.restart_unused_steps, buffer_size=self.buffer_size,
-          entropy_temperature=self.entropy_temperature, **common)
+          entropy_temperature=self.entropy_temperature, simvq=self.simvq,
+          index_backprop=self.index_backprop, **common)
     if self.quantizer_type == 'fsq':
       return FiniteScalarQuantizer(levels=tuple(self.fsq_levels), **common)
     if self.quantizer_type == 'lfq':

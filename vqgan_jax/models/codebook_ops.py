@@ -103,11 +103,23 @@ def search(vectors: jax.Array, codebook: jax.Array, *, chunk_size: int = 0,
                                                   entropy_temperature)
   if entropy_temperature <= 0:
     return indices, None
+  return indices, _entropies(entropy_sum, prob_sum, n)
+
+
+def _entropies(entropy_sum: jax.Array, prob_sum: jax.Array, n: int):
   mean_probs = prob_sum / n
   # -p log p with log clamped: `entr`'s gradient is infinite where a code's probability has
   # underflowed to 0 (sharp temperatures, far codes), which would turn the step into NaNs.
   codebook_entropy = -jnp.sum(mean_probs * jnp.log(jnp.maximum(mean_probs, 1e-30)))
-  return indices, (entropy_sum / n, codebook_entropy)
+  return entropy_sum / n, codebook_entropy
+
+
+def entropy_terms(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(mean per-row entropy, entropy of the mean assignment) of softmax(logits) over (n, K)
+  rows: the entropy penalty's terms for a quantizer that has its logits at hand."""
+  n = logits.shape[0]
+  entropy_sum, prob_sum = _entropy_sums(logits, jnp.ones((n,), jnp.float32))
+  return _entropies(entropy_sum, prob_sum, n)
 
 
 def code_counts(indices: jax.Array, codebook_size: int) -> jax.Array:

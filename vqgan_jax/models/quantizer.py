@@ -120,6 +120,22 @@ def _taming_codebook_init(key: jax.Array, shape: tuple[int, int], dtype: Any) ->
   return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
 
 
+def _simvq_basis_init(key: jax.Array, shape: tuple[int, int], dtype: Any) -> jax.Array:
+  """N(0, 1/d), SimVQ's frozen basis."""
+  return jax.random.normal(key, shape, dtype) * shape[1]**-0.5
+
+
+def _index_backprop(flat: jax.Array, codebook: jax.Array, temperature: float):
+  """IBQ's assignment of (n, d) vectors: (indices by the largest z.e, entropy terms or None,
+  softmax(z.e) (n, K), the soft one-hot the gradient flows through)."""
+  logits = jnp.matmul(flat, codebook.T, precision=jax.lax.Precision.HIGHEST)
+  indices = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  entropy = None
+  if temperature > 0:
+    entropy = codebook_ops.entropy_terms(logits / temperature)
+  return indices, entropy, jax.nn.softmax(logits, axis=-1)
+
+
 def l2_normalize(x: jax.Array) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x**2, axis=-1, keepdims=True), 1e-12))
 
@@ -145,6 +161,14 @@ class VectorQuantizer(nn.Module):
       outputs (the buffer), counted in `restarts`.
     entropy_temperature: > 0 computes the entropy penalty terms from softmax(-d / t).
     usage_window_steps: the window of `window_usage` / `dead_codes`.
+    simvq: SimVQ (Zhu et al. 2024): the codebook is a frozen random basis (the `embedding`
+      parameter, N(0, 1/d), never updated) times a learned linear map (`codebook_transform`,
+      Dense d -> d), so every gradient step moves the whole codebook together and no code is
+      left behind.
+    index_backprop: IBQ (Shi et al. 2024): codes are chosen by the largest dot product z.e and
+      the straight-through estimator runs through the one-hot over all K codes,
+      onehot = hard + softmax(z.e) - sg(softmax(z.e)): the decoder sees the exact code, and
+      every code (and the encoder, through the softmax) gets a gradient every step.
     lookup_chunk_size: C > 0 searches C tokens at a time, so the distance matrix held at once
       is C x K: memory stays bounded for large codebooks. Indices are identical either way.
   """
@@ -163,6 +187,8 @@ class VectorQuantizer(nn.Module):
   buffer_size: int = 0
   entropy_temperature: float = 0.0
   usage_window_steps: int = 100
+  simvq: bool = False
+  index_backprop: bool = False
 
   @property
   def lookup_dim(self) -> int:
@@ -176,7 +202,17 @@ class VectorQuantizer(nn.Module):
     if self.codebook_init not in CODEBOOK_INITS:
       raise ValueError(f'codebook_init={self.codebook_init!r}; use one of {CODEBOOK_INITS}.')
     k, d = self.codebook_size, self.lookup_dim
-    self.embedding = self.param('embedding', _taming_codebook_init, (k, d), jnp.float32)
+    if self.simvq and (self.ema_decay > 0 or self.uses_buffer):
+      raise ValueError('simvq learns its codebook through codebook_transform: ema_decay, '
+                       "codebook_init and restart_unused_steps must stay off ('uniform', 0).")
+    if self.index_backprop and self.lookup_chunk_size:
+      raise ValueError('index_backprop needs the soft assignment over all codes at once; set '
+                       'lookup_chunk_size=0.')
+    init = _simvq_basis_init if self.simvq else _taming_codebook_init
+    self.embedding = self.param('embedding', init, (k, d), jnp.float32)
+    if self.simvq:
+      self.codebook_transform = nn.Dense(d, name='codebook_transform',
+                                         precision=jax.lax.Precision.HIGHEST)
     if self.lookup_dim != self.embed_dim:
       self.project_in = nn.Dense(d, name='project_in')
       self.project_out = nn.Dense(self.embed_dim, name='project_out')
@@ -210,19 +246,28 @@ class VectorQuantizer(nn.Module):
     if self.lookup_dim != self.embed_dim:
       z = self.project_in(z)
     z = self._maybe_normalize(z)
-    codebook = self._maybe_normalize(self.embedding)
+    codebook = self.codebook()
     if self.ema_decay > 0:
       codebook = jax.lax.stop_gradient(codebook)  # Learned by EMA only.
     flat = z.reshape(-1, self.lookup_dim)
     update = updates_state(self, train)
-    indices, entropy = codebook_ops.search(
-        flat, codebook, chunk_size=self.lookup_chunk_size,
-        entropy_temperature=self.entropy_temperature if train else 0.0)
-    codes = jnp.take(codebook, indices, axis=0).reshape(z.shape)
-
+    temperature = self.entropy_temperature if train else 0.0
     sg = jax.lax.stop_gradient
+    if self.index_backprop:
+      indices, entropy, soft = _index_backprop(flat, codebook, temperature)
+      codes = jnp.take(codebook, indices, axis=0).reshape(z.shape)
+      # (hard + soft - sg(soft)) @ codebook: the exact codes forward (the soft part is exactly
+      # zero), and backward the one-hot's gradient through the softmax over all codes.
+      zero = jnp.matmul(soft - sg(soft), codebook, precision=jax.lax.Precision.HIGHEST)
+      backprop_codes = codes + zero.reshape(z.shape)
+    else:
+      indices, entropy = codebook_ops.search(
+          flat, codebook, chunk_size=self.lookup_chunk_size, entropy_temperature=temperature)
+      codes = jnp.take(codebook, indices, axis=0).reshape(z.shape)
+      backprop_codes = codes
+
     encoder_term = jnp.mean((sg(codes) - z)**2)
-    codebook_term = jnp.mean((codes - sg(z))**2)
+    codebook_term = jnp.mean((backprop_codes - sg(z))**2)
     if self.legacy:
       commitment_loss, codebook_loss = encoder_term, self.beta * codebook_term
     else:
@@ -230,7 +275,7 @@ class VectorQuantizer(nn.Module):
     if self.ema_decay > 0:
       codebook_loss = 0.0
 
-    quantized = z + sg(codes - z)
+    quantized = backprop_codes if self.index_backprop else z + sg(codes - z)
     if self.lookup_dim != self.embed_dim:
       quantized = self.project_out(quantized)
     tracker = self._update_state(sg(flat), indices) if update else None
@@ -295,9 +340,17 @@ class VectorQuantizer(nn.Module):
                                          lloyd_iterations=self.kmeans_iterations,
                                          chunk_size=KMEANS_CHUNK_SIZE)
 
+  def codebook(self) -> jax.Array:
+    """The (K, lookup_dim) code vectors the lookup compares against (normalised with
+    l2_normalize; SimVQ: the frozen basis through `codebook_transform`)."""
+    codebook = self.embedding
+    if self.simvq:
+      codebook = self.codebook_transform(jax.lax.stop_gradient(codebook))
+    return self._maybe_normalize(codebook)
+
   def lookup(self, indices: jax.Array) -> jax.Array:
     """Code vectors for integer `indices` of any shape: (..., embed_dim) float32."""
-    codes = self._maybe_normalize(jnp.take(self.embedding, indices, axis=0))
+    codes = jnp.take(self.codebook(), indices, axis=0)
     if self.lookup_dim != self.embed_dim:
       codes = self.project_out(codes)
     return codes

@@ -62,6 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
       entropy_temperature=0.0,  # Soft-assignment temperature of the entropy terms (0: off).
       lfq_entropy="factorized",  # LFQ entropy terms: 'factorized' per bit | 'exact' (2^bits).
       usage_window_steps=100,  # Window of `codebook/window_usage` and dead-code counting.
+      simvq=False,  # SimVQ: frozen random basis times a learned linear map (whole codebook moves).
+      index_backprop=False,  # IBQ: straight-through over the one-hot of all codes.
       remat=False,  # Recompute block activations in the backward pass (less memory).
   ))
   # PatchGAN depth and width.
@@ -76,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
       disc_factor=1.0,
       disc_start=250_001,  # Step at which the GAN loss reaches the generator.
       disc_train_start=-1,  # Step at which the discriminator learns (-1: disc_start, as taming).
+      lecam_weight=0.0,  # LeCAM regularisation of the discriminator (0: off; 0.001 MAGVIT-v2).
+      lecam_decay=0.99,  # EMA decay of its anchors (the mean real and fake logits).
       entropy_weight=0.0,  # Quantizer entropy penalty (needs model.entropy_temperature > 0).
       entropy_schedule="constant",  # 'constant' | 'linear' | 'cosine' decay to 0.
       entropy_warmup_steps=0,
@@ -145,10 +149,19 @@ def validate_quantizer_config(model: ml_collections.ConfigDict, loss=None) -> No
                      "positive.")
   uses_codebook_state = model.ema_decay > 0 or model.codebook_init != "uniform" or (
       model.restart_unused_steps > 0)
-  if model.quantizer_type != "vq" and (uses_codebook_state or model.codebook_dim):
+  if model.quantizer_type != "vq" and (uses_codebook_state or model.codebook_dim or
+                                       model.simvq or model.index_backprop):
     raise ValueError(f"config.model.quantizer_type={model.quantizer_type!r} has no learned "
-                     "codebook: ema_decay, codebook_init, restart_unused_steps and codebook_dim "
-                     "apply to 'vq' only; reset them to their defaults.")
+                     "codebook: ema_decay, codebook_init, restart_unused_steps, codebook_dim, "
+                     "simvq and index_backprop apply to 'vq' only; reset them to their "
+                     "defaults.")
+  if model.simvq and uses_codebook_state:
+    raise ValueError("config.model.simvq learns the codebook through its linear map; it cannot "
+                     "be combined with ema_decay, codebook_init or restart_unused_steps (set "
+                     "them to 0.0, 'uniform', 0).")
+  if model.index_backprop and model.lookup_chunk_size:
+    raise ValueError("config.model.index_backprop needs the soft assignment over all codes at "
+                     "once; set config.model.lookup_chunk_size=0.")
   buffer = model.buffer_size or 4 * model.codebook_size
   if model.codebook_init == "kmeans++" and buffer < model.codebook_size:
     raise ValueError(f"config.model.buffer_size={model.buffer_size} is smaller than "
@@ -191,6 +204,9 @@ def validate_tokenizer_config(config: ml_collections.ConfigDict, mesh: Mesh) -> 
                      f"{losses.GAN_LOSSES}.")
   if not 0.0 <= config.ema_decay < 1.0:
     raise ValueError(f"config.ema_decay={config.ema_decay} must be in [0, 1) (0 disables EMA).")
+  if config.loss.lecam_weight < 0 or not 0.0 <= config.loss.lecam_decay < 1.0:
+    raise ValueError(f"config.loss.lecam_weight={config.loss.lecam_weight} must be >= 0 (0: off) "
+                     f"and config.loss.lecam_decay={config.loss.lecam_decay} in [0, 1).")
   validate_eval_config(config)
   validate_model_config(config.model, config.data.image_size)
   validate_quantizer_config(config.model, config.loss)

@@ -65,6 +65,24 @@ def discriminator_loss(logits_real: jax.Array, logits_fake: jax.Array, kind: str
   return discriminator_loss_real(logits_real, kind) + discriminator_loss_fake(logits_fake, kind)
 
 
+def lecam_real(logits_real: jax.Array, anchor_fake: jax.Array) -> jax.Array:
+  """LeCAM's real half (Tseng et al. 2021), mean relu(D(x) - a_fake)^2: real logits are pulled
+  no further above the running mean of the fake ones than the hinge needs."""
+  return jnp.mean(jnp.square(jax.nn.relu(logits_real.astype(jnp.float32) - anchor_fake)))
+
+
+def lecam_fake(logits_fake: jax.Array, anchor_real: jax.Array) -> jax.Array:
+  """LeCAM's fake half, mean relu(a_real - D(x_hat))^2."""
+  return jnp.mean(jnp.square(jax.nn.relu(anchor_real - logits_fake.astype(jnp.float32))))
+
+
+def updated_anchors(anchors: jax.Array, logits_real: jax.Array, logits_fake: jax.Array,
+                    decay: float) -> jax.Array:
+  """LeCAM's EMA anchors (mean real logit, mean fake logit) after this step's logits."""
+  means = jnp.stack([jnp.mean(logits_real), jnp.mean(logits_fake)]).astype(jnp.float32)
+  return jax.lax.stop_gradient(decay * anchors + (1.0 - decay) * means)
+
+
 def adaptive_weight(nll_grad: jax.Array, gan_grad: jax.Array, disc_weight: float) -> jax.Array:
   """lambda = |grad nll| / (|grad g| + 1e-4), clipped to [0, 1e4], times disc_weight; no gradient."""
   nll_norm = jnp.linalg.norm(nll_grad.astype(jnp.float32).ravel())

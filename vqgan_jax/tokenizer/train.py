@@ -44,6 +44,7 @@ class TrainState:
   disc_opt_state: Any
   ema_params: Any
   codebook_state: Any
+  gan_anchors: jax.Array  # LeCAM's EMA of the mean (real, fake) discriminator logits.
   rng: jax.Array
   nonfinite_streak: jax.Array
   skipped_steps: jax.Array
@@ -63,7 +64,19 @@ def build_optimizers(config: ml_collections.ConfigDict):
   g_schedule = optimizers.learning_rate_schedule(opt.learning_rate, opt, config.num_train_steps)
   d_lr = opt.learning_rate if opt.disc_learning_rate < 0 else opt.disc_learning_rate
   d_schedule = optimizers.learning_rate_schedule(d_lr, opt, config.num_train_steps)
-  return optimizers.adam(g_schedule, opt), optimizers.adam(d_schedule, opt), g_schedule
+  decay_mask = None
+  if config.model.simvq and opt.weight_decay > 0:
+    decay_mask = _all_but_frozen_basis  # SimVQ's basis is frozen: no decay either.
+  return (optimizers.adam(g_schedule, opt, decay_mask=decay_mask),
+          optimizers.adam(d_schedule, opt), g_schedule)
+
+
+def _all_but_frozen_basis(params: Any) -> Any:
+  """Weight-decay mask: every parameter except SimVQ's frozen codebook basis."""
+  def decays(path, leaf):
+    del leaf
+    return tuple(str(getattr(p, "key", p)) for p in path) != ("quantizer", "embedding")
+  return jax.tree_util.tree_map_with_path(decays, params)
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -87,6 +100,7 @@ def init_state(rng: jax.Array, *, config, model, disc, tx, disc_tx) -> TrainStat
       # A copy: params and ema_params are both donated to the step, so they must not alias.
       ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay > 0 else {},
       codebook_state=variables.get(CODEBOOK_STATE, {}),
+      gan_anchors=jnp.zeros((2,), jnp.float32),
       rng=state_rng,
       nonfinite_streak=jnp.zeros((), jnp.int32),
       skipped_steps=jnp.zeros((), jnp.int32),
@@ -151,9 +165,22 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
                                  train=True, mutable=["batch_stats"])
     return logits.astype(jnp.float32), updates["batch_stats"]
 
+  # LeCAM pulls each side's logits towards the other's running mean (the previous step's
+  # anchors: constants here, so the two halves stay separate gradients).
+  anchor_real, anchor_fake = state.gan_anchors[0], state.gan_anchors[1]
+
   def d_real_loss(d_params):
     logits, stats = disc_apply(d_params, state.disc_batch_stats, images)
-    return losses.discriminator_loss_real(logits, lc.gan_loss), (logits, stats)
+    loss = losses.discriminator_loss_real(logits, lc.gan_loss)
+    if lc.lecam_weight > 0:
+      loss = loss + lc.lecam_weight * losses.lecam_real(logits, anchor_fake)
+    return loss, (logits, stats)
+
+  def d_fake_loss(logits):
+    loss = losses.discriminator_loss_fake(logits, lc.gan_loss)
+    if lc.lecam_weight > 0:
+      loss = loss + lc.lecam_weight * losses.lecam_fake(logits, anchor_real)
+    return loss
 
   (d_loss_real, (logits_real, stats_real)), d_grad_real = jax.value_and_grad(
       d_real_loss, has_aux=True)(state.disc_params)
@@ -162,8 +189,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
 
   g_loss, g_grad_logits = jax.value_and_grad(losses.generator_loss)(logits_fake, lc.gan_loss)
   _, g_grad_x = disc_pullback(g_grad_logits)
-  d_loss_fake, d_grad_logits = jax.value_and_grad(losses.discriminator_loss_fake)(
-      logits_fake, lc.gan_loss)
+  d_loss_fake, d_grad_logits = jax.value_and_grad(d_fake_loss)(logits_fake)
   d_grad_fake, _ = disc_pullback(d_grad_logits)
 
   # Adaptive weight from the decoder's last layer, then the single generator backward pass.
@@ -193,6 +219,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
   train_disc = d_factor > 0  # Before its start the discriminator (and its Adam) stays put.
   disc_params = _select(train_disc, disc_params, state.disc_params)
   disc_opt_state = _select(train_disc, disc_opt_state, state.disc_opt_state)
+  gan_anchors = state.gan_anchors
+  if lc.lecam_weight > 0:
+    gan_anchors = jnp.where(train_disc, losses.updated_anchors(
+        gan_anchors, logits_real, logits_fake, lc.lecam_decay), gan_anchors)
 
   g_grad_norm, d_grad_norm = _global_norm(g_grads), _global_norm(d_grads)
   finite = jnp.isfinite(g_total) & jnp.isfinite(d_loss) & jnp.isfinite(g_grad_norm) & (
@@ -203,7 +233,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
   new_state = nonfinite.guarded_update(
       state, finite, params=params, opt_state=opt_state, disc_params=disc_params,
       disc_opt_state=disc_opt_state, disc_batch_stats=stats_fake, codebook_state=codebook_state,
-      ema_params=ema_params)
+      ema_params=ema_params, gan_anchors=gan_anchors)
 
   metrics = {
       "loss/total": g_total,
@@ -222,6 +252,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
       "gan/discriminator_factor": d_factor,
       "gan/logits_real": jnp.mean(logits_real),
       "gan/logits_fake": jnp.mean(logits_fake),
+      "gan/lecam_anchor_real": gan_anchors[0],
+      "gan/lecam_anchor_fake": gan_anchors[1],
       "loss/entropy": entropy_loss,
       "loss/entropy_weight": entropy_weight,
       "codebook/usage": qout.usage,
