@@ -38,6 +38,11 @@ QUANTIZERS = {
     "fsq": dict(TAMING, quantizer_type="fsq", fsq_levels=(4, 4, 4, 4, 4)),
     # 'exact': the all-codes entropy the README's lfq row was measured with.
     "lfq": dict(TAMING, quantizer_type="lfq", entropy_temperature=0.01, lfq_entropy="exact"),
+    # SimVQ: frozen random basis times a learned linear map; IBQ: index backpropagation.
+    "simvq": dict(TAMING, simvq=True),
+    "ibq": dict(TAMING, index_backprop=True),
+    # The same network without a quantizer: the ceiling of every row (continuous latents).
+    "none": dict(TAMING, quantizer_type="none"),
 }
 ENTROPY = {"cosine_lowdim_restart_entropy": dict(entropy_weight=0.1),
            "cosine_lowdim_restart_entropy_decay": dict(

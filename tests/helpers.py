@@ -20,17 +20,27 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+# XLA:CPU backend optimisation level 0: compiles the big SPMD programs of the pod-shape and
+# multi-process launches ~40% faster (measured: the 32-device imagenet.py run, 140 -> 84 s).
+# Only for launches that compile far more than they compute: at level 0 the eval test's
+# Inception pass ran 1.6x slower. Users' runs keep XLA's defaults.
+FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def launch_main(args: list[str], *, devices: int, processes: int = 1, cache_dir=None,
-                cwd=REPO, timeout: int = 900) -> list[str]:
+                cwd=REPO, timeout: int = 900, fast_compile: bool = False) -> list[str]:
   """Runs `python -m vqgan_jax.main ARGS` as `processes` JAX processes (joined over gloo on
   127.0.0.1) with `devices` forced CPU devices each; returns their outputs, and fails the test
-  with the failing process's log. `cache_dir` shares compiled programs between launches."""
+  with the failing process's log. `cache_dir` shares compiled programs between launches;
+  `fast_compile` compiles with `FAST_COMPILE_XLA_FLAGS`."""
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   import pytest  # pylint: disable=g-import-not-at-top
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  xla_flags = f"--xla_force_host_platform_device_count={devices}"
+  if fast_compile:
+    xla_flags += " " + FAST_COMPILE_XLA_FLAGS
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
   if cache_dir is not None:
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqgan_jax.models.scalar_quantizers import FiniteScalarQuantizer, LookupFreeQuantizer
+from vqgan_jax.models.autoencoder import VQModel
+from vqgan_jax.models.scalar_quantizers import (FiniteScalarQuantizer, LookupFreeQuantizer,
+                                                NoQuantizer)
 
 FSQ = FiniteScalarQuantizer(levels=(8, 5, 5, 5), embed_dim=4, codebook_size=1000)
 LFQ = LookupFreeQuantizer(codebook_size=1024, embed_dim=10, entropy_temperature=0.01)
@@ -153,3 +155,22 @@ def test_unknown_lfq_entropy_is_a_clear_error():
   with pytest.raises(ValueError, match="lfq_entropy='bitwise'.*'factorized', 'exact'"):
     LookupFreeQuantizer(codebook_size=64, embed_dim=6, lfq_entropy='bitwise').init(
         jax.random.key(0), jnp.zeros((1, 6)))
+
+
+def test_no_quantizer_is_the_identity_and_has_no_codes():
+  z = jnp.asarray(np.random.RandomState(0).normal(size=(2, 3, 3, 4)), jnp.float32)
+  out = NoQuantizer(16, 4).apply({}, z)
+  np.testing.assert_array_equal(out.quantized, z)
+  assert float(out.loss) == 0.0 and out.indices.shape == (2, 3, 3)
+  np.testing.assert_array_equal(jax.grad(lambda z: NoQuantizer(16, 4).apply(
+      {}, z).quantized.sum())(z), 1.0)
+  with pytest.raises(ValueError, match="no codes"):
+    NoQuantizer(16, 4).apply({}, out.indices, method="lookup")
+  # The same network around it: encoder -> quant_conv -> (identity) -> decoder.
+  model = VQModel(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=8,
+                  z_channels=4, embed_dim=4, codebook_size=16, quantizer_type="none")
+  images = jnp.zeros((1, 8, 8, 3))
+  params = model.init(jax.random.key(0), images)["params"]
+  assert "quantizer" not in params
+  recon, _ = model.apply({"params": params}, images)
+  assert recon.shape == images.shape

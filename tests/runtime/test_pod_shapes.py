@@ -31,17 +31,18 @@ def _scalars(logdir: str, tag: str) -> dict[int, float]:
 
 def _train_resume_eval(workdir, cache_dir, *, devices: int, processes: int = 1,
                        data: tuple[str, ...] = EMBEDDED, num_eval: int = 226,
-                       extra: tuple[str, ...] = (), resume: bool = True) -> None:
+                       extra: tuple[str, ...] = (), resume: bool = True,
+                       fast_compile: bool = False) -> None:
   """Trains 2 steps (grid, periodic eval, checkpoint), optionally resumes to 4, then --mode=eval
   over the whole eval split (`num_eval` images)."""
   args = [CONFIG, f"--workdir={workdir}", *data, *extra]
-  launch_main(args + ["--config.num_train_steps=2"], devices=devices, processes=processes,
-              cache_dir=cache_dir)
+  launch = lambda more: launch_main(args + more, devices=devices, processes=processes,
+                                    cache_dir=cache_dir, fast_compile=fast_compile)
+  launch(["--config.num_train_steps=2"])
   assert checkpoints.Checkpointer(str(workdir), every_steps=1, keep=3).all_steps() == [2]
   last = 2
   if resume:
-    launch_main(args + ["--config.num_train_steps=4"], devices=devices, processes=processes,
-                cache_dir=cache_dir)
+    launch(["--config.num_train_steps=4"])
     last = 4
   assert checkpoints.Checkpointer(str(workdir), every_steps=1, keep=3).all_steps() == (
       [2, 4] if resume else [2])
@@ -52,8 +53,7 @@ def _train_resume_eval(workdir, cache_dir, *, devices: int, processes: int = 1,
   assert sorted(psnr) == list(range(2, last + 1, 2)) and all(v > 0 for v in psnr.values())
   assert set(_scalars(str(workdir), "eval/num_images").values()) == {32.0}
 
-  launch_main(args + ["--mode=eval", *WITHOUT_RFID],
-              devices=devices, processes=processes, cache_dir=cache_dir)
+  launch(["--mode=eval", *WITHOUT_RFID])
   metrics = storage.read_json(str(workdir / "eval" / f"metrics_{last}.json"))
   assert metrics["step"] == last and metrics["num_images"] == num_eval
   assert 0 < metrics["codebook_usage"] <= 1 and metrics["psnr"] > 0
@@ -73,9 +73,10 @@ def test_16_devices_fsdp_on_imagenet2012(tmp_path, cache_dir, imagenet_manual_di
 # out of the periodic eval (its compile dominates them here) and resume is proven multi-process
 # by tests/runtime/test_multihost.py.
 def test_32_devices(tmp_path, cache_dir):
-  _train_resume_eval(tmp_path / "run", cache_dir, devices=32, extra=WITHOUT_RFID, resume=False)
+  _train_resume_eval(tmp_path / "run", cache_dir, devices=32, extra=WITHOUT_RFID, resume=False,
+                     fast_compile=True)
 
 
 def test_4_processes_of_4_devices(tmp_path, cache_dir):
   _train_resume_eval(tmp_path / "run", cache_dir, devices=4, processes=4, extra=WITHOUT_RFID,
-                     resume=False)
+                     resume=False, fast_compile=True)

@@ -19,10 +19,11 @@ import numpy as np
 
 from vqgan_jax.models.group_norm import GroupNorm
 from vqgan_jax.models.quantizer import QuantizerOutput, VectorQuantizer
-from vqgan_jax.models.scalar_quantizers import FiniteScalarQuantizer, LookupFreeQuantizer
+from vqgan_jax.models.scalar_quantizers import (FiniteScalarQuantizer, LookupFreeQuantizer,
+                                                NoQuantizer)
 
 GROUPS = 32
-QUANTIZERS = ('vq', 'fsq', 'lfq')
+QUANTIZERS = ('vq', 'fsq', 'lfq', 'none')
 
 # torch.nn.Conv2d's default kernel init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
 _torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
@@ -47,9 +48,9 @@ def _conv(features: int, kernel: int, dtype: Any, name: str | None = None, *,
                  dtype=dtype, param_dtype=jnp.float32, kernel_init=_torch_kernel_init, name=name)
 
 
-def _group_norm(dtype: Any, name: str | None = None) -> GroupNorm:
+def _group_norm(dtype: Any, groups: int, name: str | None = None) -> GroupNorm:
   # Two-pass variance like torch; the fast E[x^2]-E[x]^2 form loses digits on large activations.
-  return GroupNorm(num_groups=GROUPS, epsilon=1e-6, dtype=dtype, name=name)
+  return GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, name=name)
 
 
 class ResnetBlock(nn.Module):
@@ -57,12 +58,13 @@ class ResnetBlock(nn.Module):
   out_channels: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  norm_groups: int = GROUPS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    h = nn.swish(_group_norm(self.dtype, 'norm1')(x))
+    h = nn.swish(_group_norm(self.dtype, self.norm_groups, 'norm1')(x))
     h = _conv(self.out_channels, 3, self.dtype, 'conv1')(h)
-    h = nn.swish(_group_norm(self.dtype, 'norm2')(h))
+    h = nn.swish(_group_norm(self.dtype, self.norm_groups, 'norm2')(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = _conv(self.out_channels, 3, self.dtype, 'conv2')(h)
     if x.shape[-1] != self.out_channels:
@@ -73,11 +75,12 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
   """Single-head self-attention over all positions, residual; 1x1 conv q/k/v/proj_out."""
   dtype: Any = jnp.float32
+  norm_groups: int = GROUPS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, height, width, c = x.shape
-    h = _group_norm(self.dtype, 'norm')(x)
+    h = _group_norm(self.dtype, self.norm_groups, 'norm')(x)
     q, k, v = (_conv(c, 1, self.dtype, name)(h).reshape(b, height * width, c)
                for name in ('q', 'k', 'v'))
     logits = jnp.einsum('bic,bjc->bij', q, k, preferred_element_type=jnp.float32) * (c**-0.5)
@@ -164,14 +167,16 @@ class Level(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  norm_groups: int = GROUPS
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
     resnet, attn = _blocks(self.remat)
     for j in range(self.num_blocks):
-      h = resnet(self.channels, self.dropout, self.dtype, name=f'block_{j}')(h, train)
+      h = resnet(self.channels, self.dropout, self.dtype, self.norm_groups,
+                 name=f'block_{j}')(h, train)
       if self.attention:
-        h = attn(self.dtype, name=f'attn_{j}')(h)
+        h = attn(self.dtype, self.norm_groups, name=f'attn_{j}')(h)
     if self.resample == 'downsample':
       h = Downsample(self.dtype, name='downsample')(h)
     elif self.resample == 'upsample':
@@ -184,14 +189,16 @@ class MidBlock(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  norm_groups: int = GROUPS
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
     channels = h.shape[-1]
     resnet, attn = _blocks(self.remat)
-    h = resnet(channels, self.dropout, self.dtype, name='block_1')(h, train)
-    h = attn(self.dtype, name='attn_1')(h)
-    return resnet(channels, self.dropout, self.dtype, name='block_2')(h, train)
+    g = self.norm_groups
+    h = resnet(channels, self.dropout, self.dtype, g, name='block_1')(h, train)
+    h = attn(self.dtype, g, name='attn_1')(h)
+    return resnet(channels, self.dropout, self.dtype, g, name='block_2')(h, train)
 
 
 class Encoder(nn.Module):
@@ -209,6 +216,7 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  norm_groups: int = GROUPS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -218,11 +226,11 @@ class Encoder(nn.Module):
     for i, mult in enumerate(self.ch_mult):
       h = Level(self.ch * mult, self.num_res_blocks, curr_res in self.attn_resolutions,
                 'downsample' if i != last else None, self.dropout, self.dtype, self.remat,
-                name=f'down_{i}')(h, train)
+                self.norm_groups, name=f'down_{i}')(h, train)
       if i != last:
         curr_res //= 2
-    h = MidBlock(self.dropout, self.dtype, self.remat, name='mid')(h, train)
-    h = nn.swish(_group_norm(self.dtype, 'norm_out')(h))
+    h = MidBlock(self.dropout, self.dtype, self.remat, self.norm_groups, name='mid')(h, train)
+    h = nn.swish(_group_norm(self.dtype, self.norm_groups, 'norm_out')(h))
     return _conv(self.z_channels, 3, self.dtype, 'conv_out')(h)
 
 
@@ -241,20 +249,21 @@ class Decoder(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   remat: bool = False
+  norm_groups: int = GROUPS
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     last = len(self.ch_mult) - 1
     h = _conv(self.ch * self.ch_mult[last], 3, self.dtype, 'conv_in')(z)
-    h = MidBlock(self.dropout, self.dtype, self.remat, name='mid')(h, train)
+    h = MidBlock(self.dropout, self.dtype, self.remat, self.norm_groups, name='mid')(h, train)
     curr_res = self.resolution // 2**last
     for i in reversed(range(len(self.ch_mult))):
       h = Level(self.ch * self.ch_mult[i], self.num_res_blocks + 1,
                 curr_res in self.attn_resolutions, 'upsample' if i != 0 else None,
-                self.dropout, self.dtype, self.remat, name=f'up_{i}')(h, train)
+                self.dropout, self.dtype, self.remat, self.norm_groups, name=f'up_{i}')(h, train)
       if i != 0:
         curr_res *= 2
-    h = nn.swish(_group_norm(self.dtype, 'norm_out')(h))
+    h = nn.swish(_group_norm(self.dtype, self.norm_groups, 'norm_out')(h))
     self.sow('intermediates', 'conv_out_input', h)
     return _conv(self.out_ch, 3, self.dtype, 'conv_out')(h)
 
@@ -307,17 +316,20 @@ class VQModel(nn.Module):
   simvq: bool = False
   index_backprop: bool = False
   remat: bool = False
+  norm_groups: int = GROUPS
   dtype: Any = jnp.float32
 
   def setup(self):
-    bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % GROUPS]
+    groups = self.norm_groups
+    bad = [self.ch * m for m in self.ch_mult if (self.ch * m) % groups]
     if bad:
       raise ValueError(f'VQModel channel counts ch*ch_mult={bad} are not divisible by the '
-                       f'{GROUPS} GroupNorm groups; choose ch and ch_mult so every ch*mult is a '
-                       f'multiple of {GROUPS}.')
+                       f'{groups} GroupNorm groups; choose ch and ch_mult so every ch*mult is a '
+                       f'multiple of {groups}.')
     arch = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
                 attn_resolutions=tuple(self.attn_resolutions), resolution=self.resolution,
-                dropout=self.dropout, dtype=self.dtype, remat=self.remat)
+                dropout=self.dropout, dtype=self.dtype, remat=self.remat,
+                norm_groups=self.norm_groups)
     self.encoder = Encoder(z_channels=self.z_channels, **arch)
     self.quant_conv = _conv(self.embed_dim, 1, self.dtype)
     self.quantizer = self._make_quantizer()
@@ -342,6 +354,8 @@ class VQModel(nn.Module):
       return LookupFreeQuantizer(beta=self.beta, entropy_temperature=self.entropy_temperature,
                                  lookup_chunk_size=self.lookup_chunk_size,
                                  lfq_entropy=self.lfq_entropy, **common)
+    if self.quantizer_type == 'none':
+      return NoQuantizer(**common)
     raise ValueError(f"VQModel quantizer_type={self.quantizer_type!r}; use one of {QUANTIZERS}.")
 
   def __call__(self, images: jax.Array, train: bool = False) -> tuple[jax.Array, QuantizerOutput]:

@@ -190,3 +190,25 @@ class LookupFreeQuantizer(_Projected):
 
   def lookup(self, indices: jax.Array) -> jax.Array:
     return self._out(self.codes(indices), self.dim)
+
+
+class NoQuantizer(nn.Module):
+  """The identity bottleneck (`quantizer_type='none'`): the same network with continuous latents,
+  the reference ceiling of what its quantizers could reconstruct. It has no codes: `indices` are
+  all zero and `lookup` is an error, so it cannot feed a prior or the codec."""
+  codebook_size: int
+  embed_dim: int
+  usage_window_steps: int = 100
+
+  def __call__(self, z: jax.Array, train: bool = False) -> QuantizerOutput:
+    del train
+    if z.shape[-1] != self.embed_dim:
+      raise ValueError(f'NoQuantizer expects inputs with last axis {self.embed_dim}, got shape '
+                       f'{z.shape}.')
+    z = z.astype(jnp.float32)
+    return make_output(quantized=z, indices=jnp.zeros(z.shape[:-1], jnp.int32),
+                       codebook_size=self.codebook_size, commitment_loss=0.0)
+
+  def lookup(self, indices: jax.Array) -> jax.Array:
+    raise ValueError("quantizer_type='none' has continuous latents and no codes to look up; "
+                     "train a quantized tokenizer for the prior or the codec.")

@@ -58,6 +58,10 @@ def load_tokenizers(config: ml_collections.ConfigDict,
   dtype = trainer_config.compute_dtype(config)
   model, variables, step = restore_tokenizer(config.tokenizer_workdir, sharding=sharding,
                                              dtype=dtype)
+  if model.quantizer_type == "none":
+    raise ValueError(f"{config.tokenizer_workdir} was trained with quantizer_type='none' "
+                     "(continuous latents, the reference ceiling): it has no codes for a prior. "
+                     "Set config.tokenizer_workdir to a quantized tokenizer.")
   cond_model, cond_params = None, {}
   if config.conditioning == "image":
     if not config.cond_tokenizer_workdir:

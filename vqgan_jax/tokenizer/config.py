@@ -18,7 +18,7 @@ from vqgan_jax.models.scalar_quantizers import LFQ_ENTROPIES
 from vqgan_jax.runtime import storage, trainer_config
 from vqgan_jax.tokenizer import losses
 
-QUANTIZER_TYPES = ("vq", "fsq", "lfq")
+QUANTIZER_TYPES = ("vq", "fsq", "lfq", "none")  # none: continuous (the ceiling row).
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -50,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
       legacy=True,  # taming's weighting: commitment 1, codebook beta.
       l2_normalize=False,  # Cosine codes: latents and codes unit-normalised before lookup.
       lookup_chunk_size=0,  # Nearest-code search in chunks of this many tokens (0: at once).
-      quantizer_type="vq",  # 'vq' | 'fsq' | 'lfq'.
+      quantizer_type="vq",  # 'vq' | 'fsq' | 'lfq' | 'none' (no bottleneck: the ceiling).
       fsq_levels=(),  # FSQ: levels per channel; prod == codebook_size.
       codebook_dim=0,  # Factorised lookup: Dense embed_dim -> codebook_dim (0: off).
       ema_decay=0.0,  # EMA codebook instead of the codebook loss (0: off).
@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
       simvq=False,  # SimVQ: frozen random basis times a learned linear map (whole codebook moves).
       index_backprop=False,  # IBQ: straight-through over the one-hot of all codes.
       remat=False,  # Recompute block activations in the backward pass (less memory).
+      norm_groups=32,  # GroupNorm groups (taming: 32; keep ch / norm_groups >= 4 channels).
   ))
   # PatchGAN depth and width.
   config.discriminator = ml_collections.ConfigDict(dict(num_layers=3, ndf=64))
@@ -109,13 +110,14 @@ def validate_model_config(model: ml_collections.ConfigDict, image_size) -> None:
           f"Image {name} {size} is not divisible by the downsampling factor {factor} "
           f"(2**(len(config.model.ch_mult)-1) with ch_mult={tuple(model.ch_mult)}); set "
           f"--config.data.image_size to a multiple of {factor}, e.g. {suggestion}.")
-  groups = GroupNorm.num_groups
+  groups = model.get("norm_groups", GroupNorm.num_groups)
   for mult in sorted(set(model.ch_mult) | {1}):
     width = model.ch * mult
     if width % groups:
       raise ValueError(
           f"Channel count config.model.ch * {mult} = {width} is not divisible by the "
-          f"{groups} GroupNorm groups; set --config.model.ch to a multiple of {groups}.")
+          f"{groups} GroupNorm groups (config.model.norm_groups); set --config.model.ch to a "
+          f"multiple of {groups}.")
 
 
 def validate_quantizer_config(model: ml_collections.ConfigDict, loss=None) -> None:
@@ -172,9 +174,9 @@ def validate_quantizer_config(model: ml_collections.ConfigDict, loss=None) -> No
       raise ValueError(f"config.loss.entropy_weight={loss.entropy_weight} needs "
                        "config.model.entropy_temperature > 0 (e.g. 0.01): the quantizer only "
                        "computes the entropy terms when it has a temperature.")
-    if model.quantizer_type == "fsq":
-      raise ValueError("config.loss.entropy_weight applies to 'vq' and 'lfq'; FSQ has no "
-                       "soft assignment. Set it to 0.")
+    if model.quantizer_type in ("fsq", "none"):
+      raise ValueError("config.loss.entropy_weight applies to 'vq' and 'lfq'; "
+                       f"{model.quantizer_type!r} has no soft assignment. Set it to 0.")
     if loss.entropy_schedule not in losses.ENTROPY_SCHEDULES:
       raise ValueError(f"config.loss.entropy_schedule={loss.entropy_schedule!r}; use one of "
                        f"{losses.ENTROPY_SCHEDULES}.")

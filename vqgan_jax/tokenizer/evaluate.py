@@ -36,8 +36,12 @@ class Evaluation:
 
   def __init__(self, model, metric_names: Iterable[str], mesh, *, reference_stats: str = ""):
     self._mesh = mesh
+    metric_names = tuple(metric_names)
+    continuous = getattr(model, "quantizer_type", "vq") == "none"
+    if continuous:  # No codes: no usage to count.
+      metric_names = tuple(n for n in metric_names if n != "codebook")
     self.evaluators, self.unavailable = evaluators.make_evaluators(
-        tuple(metric_names), codebook_size=model.codebook_size, reference_stats=reference_stats)
+        metric_names, codebook_size=model.codebook_size, reference_stats=reference_stats)
     for key, reason in self.unavailable.items():
       logging.warning("Metric %r is not computed: %s", key, reason)
     replicated = sharding.replicated(mesh)

@@ -22,7 +22,9 @@ from vqgan_jax.models import inception
 
 
 def _masked_sum(per_image: jax.Array, mask: jax.Array) -> jax.Array:
-  return jnp.sum(per_image * mask)
+  """Sum over the real rows; padding rows are left out even where their value is inf or NaN
+  (a padding image reconstructed exactly has infinite PSNR, and inf * 0 is NaN)."""
+  return jnp.sum(jnp.where(mask > 0, per_image, 0.0))
 
 
 class ReconstructionMetrics:
