@@ -294,3 +294,28 @@ def test_train_step_makes_no_host_transfers(config):
     new_state, metrics = step(state, batch, lpips_params)
     jax.block_until_ready((new_state, metrics))
   assert int(jax.device_get(new_state.step)) == 1
+
+
+def test_discriminator_passes_skipped_before_the_gan_starts_change_nothing(config, monkeypatch):
+  """Before disc_start (taming: 250k steps) the step skips the discriminator with `lax.cond`;
+  the parameters and optimizer states equal a step that runs it and multiplies it by 0."""
+  config.loss.update(dict(disc_start=2, disc_train_start=-1))
+  state = _initial_state(config)
+  batches = [_random_batch(config, seed) for seed in range(3)]
+  mesh = sharding.create_mesh()
+  skipped, skipped_metrics = _step_on_mesh(config, mesh, state, batches)
+  monkeypatch.setattr(jax.lax, "cond", lambda pred, true_fn, false_fn, *ops: true_fn(*ops))
+  computed, computed_metrics = _step_on_mesh(config, mesh, state, batches)
+  assert skipped_metrics["gan/discriminator_factor"] == 1.0  # The last step trained it.
+  # Two compiled programs round differently; as in the sharded test, Adam may turn that noise
+  # in a ~zero gradient into a step of up to ~1.6 lr.
+  lr_sum = sum(float(train.build_optimizers(config)[2](i)) for i in range(len(batches)))
+  for a, b in ((skipped.params, computed.params), (skipped.disc_params, computed.disc_params)):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=2 * lr_sum), a, b)
+  for a, b in ((skipped.opt_state, computed.opt_state),
+               (skipped.disc_opt_state, computed.disc_opt_state)):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
+  assert not np.array_equal(jax.tree.leaves(skipped.disc_opt_state)[0],
+                            jax.tree.leaves(state.disc_opt_state)[0])  # It took its step.
+  np.testing.assert_allclose(skipped_metrics["loss/total"], computed_metrics["loss/total"],
+                             rtol=1e-5)

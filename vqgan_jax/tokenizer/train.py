@@ -154,6 +154,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
   # Reconstruction + perceptual loss and its gradient w.r.t. the reconstruction.
   def nll_fn(x_hat):
     rec = losses.reconstruction_loss(images, x_hat, lc.reconstruction)
+    if lc.perceptual_weight == 0:  # Static: no VGG pass for a term that is not trained.
+      return rec, (rec, jnp.float32(0.0))
     perceptual = jnp.mean(LPIPS().apply({"params": lpips_params}, images, x_hat))
     return rec + lc.perceptual_weight * perceptual, (rec, perceptual)
 
@@ -182,15 +184,32 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
       loss = loss + lc.lecam_weight * losses.lecam_fake(logits, anchor_real)
     return loss
 
-  (d_loss_real, (logits_real, stats_real)), d_grad_real = jax.value_and_grad(
-      d_real_loss, has_aux=True)(state.disc_params)
-  logits_fake, disc_pullback, stats_fake = jax.vjp(
-      lambda d, x: disc_apply(d, stats_real, x), state.disc_params, recon, has_aux=True)
+  def gan(recon):
+    (d_loss_real, (logits_real, stats_real)), d_grad_real = jax.value_and_grad(
+        d_real_loss, has_aux=True)(state.disc_params)
+    logits_fake, disc_pullback, stats_fake = jax.vjp(
+        lambda d, x: disc_apply(d, stats_real, x), state.disc_params, recon, has_aux=True)
+    g_loss, g_grad_logits = jax.value_and_grad(losses.generator_loss)(logits_fake, lc.gan_loss)
+    _, g_grad_x = disc_pullback(g_grad_logits)
+    d_loss_fake, d_grad_logits = jax.value_and_grad(d_fake_loss)(logits_fake)
+    d_grad_fake, _ = disc_pullback(d_grad_logits)
+    return (d_loss_real, logits_real, d_grad_real, logits_fake, stats_fake, g_loss, g_grad_x,
+            d_loss_fake, d_grad_fake)
 
-  g_loss, g_grad_logits = jax.value_and_grad(losses.generator_loss)(logits_fake, lc.gan_loss)
-  _, g_grad_x = disc_pullback(g_grad_logits)
-  d_loss_fake, d_grad_logits = jax.value_and_grad(d_fake_loss)(logits_fake)
-  d_grad_fake, _ = disc_pullback(d_grad_logits)
+  # Before the GAN reaches either player (taming's disc_start: 250k ImageNet steps), every
+  # discriminator output is multiplied by 0: `lax.cond` skips its passes at run time, with
+  # zeros of the same shapes (its BatchNorm running statistics, used only in eval mode, stay).
+  d_start = lc.disc_start if lc.disc_train_start < 0 else lc.disc_train_start
+  gan_start = min(lc.disc_start, d_start)
+  if gan_start <= 0:
+    gan_out = gan(recon)
+  else:
+    def no_gan(recon):
+      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(gan, recon))
+      return zeros[:4] + (state.disc_batch_stats,) + zeros[5:]
+    gan_out = jax.lax.cond(step >= gan_start, gan, no_gan, recon)
+  (d_loss_real, logits_real, d_grad_real, logits_fake, stats_fake, g_loss, g_grad_x,
+   d_loss_fake, d_grad_fake) = gan_out
 
   # Adaptive weight from the decoder's last layer, then the single generator backward pass.
   kernel = state.params["decoder"]["conv_out"]["kernel"]
@@ -200,7 +219,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
   else:
     lam = jnp.float32(lc.disc_weight)
   g_factor = losses.gated_factor(step, lc.disc_start, lc.disc_factor)
-  d_start = lc.disc_start if lc.disc_train_start < 0 else lc.disc_train_start
   d_factor = losses.gated_factor(step, d_start, lc.disc_factor)
 
   entropy_weight = losses.entropy_weight_schedule(lc)(step)
