@@ -51,7 +51,6 @@ def test_simvq_learns_only_the_map_and_every_code_moves():
 def test_ibq_picks_the_largest_dot_product_and_decodes_the_exact_code(l2_normalize):
   z = _latents(1)
   quantizer = VectorQuantizer(32, 8, index_backprop=True, l2_normalize=l2_normalize)
-  params = quantizer.init(jax.random.key(1), z)['params']
   params = {'embedding': jnp.asarray(np.random.RandomState(2).normal(size=(32, 8)), jnp.float32)}
   out = quantizer.apply({'params': params}, z)
   flat, codebook = np.asarray(z).reshape(-1, 8), np.asarray(params['embedding'])

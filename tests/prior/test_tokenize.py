@@ -10,23 +10,16 @@ import pytest
 
 from tests.helpers import launch_main, load_config
 from vqgan_jax.data import code_images, codes as codes_data, embedded, input_pipeline, preprocess
-from vqgan_jax.models.autoencoder import VQModel
 from vqgan_jax.prior import frozen_tokenizers, tokenize, train as prior_train
 from vqgan_jax.runtime import checkpoints, storage
-from vqgan_jax.tokenizer.load import load_tokenizer, save_tokenizer
+from vqgan_jax.tokenizer.load import load_tokenizer
 
 AUGMENTATIONS = ("none", "flip", "crop1")
 
 
 @pytest.fixture(scope="module")
-def tokenizer_workdir(tmp_path_factory):
-  """A (randomly initialised) tiny tokenizer written in the trainer's workdir layout."""
-  config = load_config("tiny", "test")
-  model = VQModel(**config.model.to_dict())
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
-  workdir = str(tmp_path_factory.mktemp("tokenizer") / "tiny")
-  save_tokenizer(workdir, {"params": params}, config.to_dict())
-  return workdir
+def tokenizer_workdir(random_tokenizer):
+  return random_tokenizer  # conftest's randomly initialised tiny tokenizer (read only).
 
 
 def _config(tokenizer_workdir, codes_dir):
