@@ -21,6 +21,17 @@ early: it decays linearly to 0 by step 50,000 (on the tiny config the penalty sp
 to 99% usage but cost reconstruction while it stayed on; decayed, usage stayed at 98% and
 rFID/LPIPS matched or beat taming's). For taming's exact quantizer (e.g. to fine-tune a
 converted release) override the fields of `TAMING` in configs/tiny.py.
+
+Network and optimizer, following the tiny runs where the argument does not depend on scale
+(configs/tiny.py says why each helps; README "The tiny recipe" has the numbers):
+- `zero_init_residual`: every res/attention block starts as its shortcut, as ADM's ImageNet
+  U-Net initialises its blocks;
+- Adam (0.9, 0.99) with warm-up then cosine decay, instead of taming's (0.5, 0.9) at a constant
+  rate (TiTok's ImageNet VQGAN+ decoder training also uses b1 0.9 with a 5k-step warm-up and
+  cosine decay);
+- taming's `output_norm` is kept: on the tiny net it is an instance norm (32 groups of 32
+  channels) and dropping it helped; here each group has 4 channels, whose ratios carry the
+  image's colour, and there is no ImageNet-scale measurement to justify the change.
 """
 from vqgan_jax.data import input_pipeline
 from vqgan_jax.tokenizer.config import base_config
@@ -48,7 +59,9 @@ def get_config(arg: str = ""):
   config.loss.update(dict(disc_start=250_001, disc_weight=0.8, codebook_weight=1.0,
                           entropy_weight=0.1, entropy_schedule="linear",
                           entropy_decay_steps=50_000))
-  config.optimizer.update(dict(learning_rate=4.5e-6 * 256, warmup_steps=5000))
+  config.model.zero_init_residual = True
+  config.optimizer.update(dict(learning_rate=4.5e-6 * 256, warmup_steps=5000, b1=0.9, b2=0.99,
+                               schedule="cosine"))
 
   config.data = input_pipeline.imagenet_data_config(256)
 

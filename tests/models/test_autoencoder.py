@@ -160,3 +160,27 @@ def test_upsample_conv_equals_nearest_upsample_then_conv(shape):
   for got, want in zip(jax.vjp(upsample_conv3x3, x, kernel)[1](cotangent),
                        jax.vjp(reference, x, kernel)[1](cotangent)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_zero_init_residual_blocks_start_as_their_shortcut_and_output_norm_can_be_dropped():
+  from vqgan_jax.models.autoencoder import AttnBlock, ResnetBlock
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 32))
+  for block in (ResnetBlock(32, zero_init=True), AttnBlock(zero_init=True)):
+    out, variables = block.init_with_output(jax.random.key(0), x)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(x))
+    # Only the branch's last conv starts at zero; it still learns.
+    last = 'conv2' if isinstance(block, ResnetBlock) else 'proj_out'
+    assert not np.any(variables['params'][last]['kernel'])
+    grads = jax.grad(lambda p, blk=block: jnp.sum(blk.apply({'params': p}, x)**2))(
+        variables['params'])
+    assert np.any(np.asarray(grads[last]['kernel']))
+  out, _ = ResnetBlock(32).init_with_output(jax.random.key(0), x)
+  assert not np.allclose(np.asarray(out), np.asarray(x))
+
+  images = jnp.zeros((1, 16, 16, 3))
+  taming = jax.eval_shape(VQModel(**TINY).init, jax.random.key(0), images)['params']
+  plain = jax.eval_shape(VQModel(**TINY, output_norm=False).init, jax.random.key(0),
+                         images)['params']
+  assert 'norm_out' in taming['encoder'] and 'norm_out' in taming['decoder']
+  assert 'norm_out' not in plain['encoder'] and 'norm_out' not in plain['decoder']
+  assert count_params(taming) - count_params(plain) == 2 * 64 + 2 * 32  # Scale and bias.

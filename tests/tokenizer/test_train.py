@@ -19,7 +19,12 @@ from vqgan_jax.models.lpips import LPIPS, load_lpips_params
 
 @pytest.fixture
 def config():
-  return load_config("tiny", "test")
+  config = load_config("tiny", "test")
+  # Small first steps (a 100-step warm-up, as the tiny recipe had): Adam turns float noise in
+  # near-zero gradients into full-size steps, and at the tiny recipe's full rate three steps
+  # amplify the 8-vs-1-device rounding past the metric tolerances. Sharding is under test here.
+  config.optimizer.update(dict(warmup_steps=100, schedule="constant"))
+  return config
 
 
 def _random_batch(config, seed=0, batch_size=None):

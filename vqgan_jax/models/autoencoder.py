@@ -40,12 +40,14 @@ def count_params(params: Any) -> int:
 
 
 def _conv(features: int, kernel: int, dtype: Any, name: str | None = None, *,
-          stride: int = 1, padding: Any = None) -> nn.Conv:
-  """A torch-style Conv2d: symmetric padding kernel//2 unless given, float32 params."""
+          stride: int = 1, padding: Any = None, zero_init: bool = False) -> nn.Conv:
+  """A torch-style Conv2d: symmetric padding kernel//2 unless given, float32 params; a zero
+  kernel with `zero_init` (a residual branch that starts as nothing)."""
   if padding is None:
     padding = ((kernel // 2, kernel // 2),) * 2
+  kernel_init = nn.initializers.zeros if zero_init else _torch_kernel_init
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                 dtype=dtype, param_dtype=jnp.float32, kernel_init=_torch_kernel_init, name=name)
+                 dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
 
 
 def _group_norm(dtype: Any, groups: int, name: str | None = None) -> GroupNorm:
@@ -53,12 +55,24 @@ def _group_norm(dtype: Any, groups: int, name: str | None = None) -> GroupNorm:
   return GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, name=name)
 
 
+def _output_norm(h: jax.Array, enabled: bool, dtype: Any, groups: int) -> jax.Array:
+  """The GroupNorm before an encoder's or decoder's conv_out (taming's), or nothing.
+
+  It is the one norm with no skip path around it: it removes each image's per-group mean and
+  scale, so the absolute colour and contrast of the whole image reach conv_out only through
+  the ratios between the channels of a group.
+  """
+  return _group_norm(dtype, groups, 'norm_out')(h) if enabled else h.astype(dtype)
+
+
 class ResnetBlock(nn.Module):
-  """GroupNorm-swish-conv twice with dropout before the second conv; 1x1 shortcut if C changes."""
+  """GroupNorm-swish-conv twice with dropout before the second conv; 1x1 shortcut if C changes.
+  `zero_init`: conv2's kernel starts at zero, so the block starts as its shortcut."""
   out_channels: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
   norm_groups: int = GROUPS
+  zero_init: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -66,16 +80,18 @@ class ResnetBlock(nn.Module):
     h = _conv(self.out_channels, 3, self.dtype, 'conv1')(h)
     h = nn.swish(_group_norm(self.dtype, self.norm_groups, 'norm2')(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    h = _conv(self.out_channels, 3, self.dtype, 'conv2')(h)
+    h = _conv(self.out_channels, 3, self.dtype, 'conv2', zero_init=self.zero_init)(h)
     if x.shape[-1] != self.out_channels:
       x = _conv(self.out_channels, 1, self.dtype, 'nin_shortcut')(x)
     return x + h
 
 
 class AttnBlock(nn.Module):
-  """Single-head self-attention over all positions, residual; 1x1 conv q/k/v/proj_out."""
+  """Single-head self-attention over all positions, residual; 1x1 conv q/k/v/proj_out
+  (`zero_init`: proj_out starts at zero, the block at the identity)."""
   dtype: Any = jnp.float32
   norm_groups: int = GROUPS
+  zero_init: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -86,7 +102,7 @@ class AttnBlock(nn.Module):
     logits = jnp.einsum('bic,bjc->bij', q, k, preferred_element_type=jnp.float32) * (c**-0.5)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     h = jnp.einsum('bij,bjc->bic', weights, v).reshape(b, height, width, c)
-    return x + _conv(c, 1, self.dtype, 'proj_out')(h)
+    return x + _conv(c, 1, self.dtype, 'proj_out', zero_init=self.zero_init)(h)
 
 
 # Rematerialised blocks: activations inside each block are recomputed in the backward pass
@@ -168,15 +184,16 @@ class Level(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   norm_groups: int = GROUPS
+  zero_init: bool = False
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
     resnet, attn = _blocks(self.remat)
     for j in range(self.num_blocks):
-      h = resnet(self.channels, self.dropout, self.dtype, self.norm_groups,
+      h = resnet(self.channels, self.dropout, self.dtype, self.norm_groups, self.zero_init,
                  name=f'block_{j}')(h, train)
       if self.attention:
-        h = attn(self.dtype, self.norm_groups, name=f'attn_{j}')(h)
+        h = attn(self.dtype, self.norm_groups, self.zero_init, name=f'attn_{j}')(h)
     if self.resample == 'downsample':
       h = Downsample(self.dtype, name='downsample')(h)
     elif self.resample == 'upsample':
@@ -190,15 +207,16 @@ class MidBlock(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   norm_groups: int = GROUPS
+  zero_init: bool = False
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool = False) -> jax.Array:
     channels = h.shape[-1]
     resnet, attn = _blocks(self.remat)
-    g = self.norm_groups
-    h = resnet(channels, self.dropout, self.dtype, g, name='block_1')(h, train)
-    h = attn(self.dtype, g, name='attn_1')(h)
-    return resnet(channels, self.dropout, self.dtype, g, name='block_2')(h, train)
+    g, zero = self.norm_groups, self.zero_init
+    h = resnet(channels, self.dropout, self.dtype, g, zero, name='block_1')(h, train)
+    h = attn(self.dtype, g, zero, name='attn_1')(h)
+    return resnet(channels, self.dropout, self.dtype, g, zero, name='block_2')(h, train)
 
 
 class Encoder(nn.Module):
@@ -217,6 +235,8 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   norm_groups: int = GROUPS
+  zero_init_residual: bool = False
+  output_norm: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -226,11 +246,12 @@ class Encoder(nn.Module):
     for i, mult in enumerate(self.ch_mult):
       h = Level(self.ch * mult, self.num_res_blocks, curr_res in self.attn_resolutions,
                 'downsample' if i != last else None, self.dropout, self.dtype, self.remat,
-                self.norm_groups, name=f'down_{i}')(h, train)
+                self.norm_groups, self.zero_init_residual, name=f'down_{i}')(h, train)
       if i != last:
         curr_res //= 2
-    h = MidBlock(self.dropout, self.dtype, self.remat, self.norm_groups, name='mid')(h, train)
-    h = nn.swish(_group_norm(self.dtype, self.norm_groups, 'norm_out')(h))
+    h = MidBlock(self.dropout, self.dtype, self.remat, self.norm_groups,
+                 self.zero_init_residual, name='mid')(h, train)
+    h = nn.swish(_output_norm(h, self.output_norm, self.dtype, self.norm_groups))
     return _conv(self.z_channels, 3, self.dtype, 'conv_out')(h)
 
 
@@ -250,20 +271,24 @@ class Decoder(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   norm_groups: int = GROUPS
+  zero_init_residual: bool = False
+  output_norm: bool = True
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool = False) -> jax.Array:
     last = len(self.ch_mult) - 1
     h = _conv(self.ch * self.ch_mult[last], 3, self.dtype, 'conv_in')(z)
-    h = MidBlock(self.dropout, self.dtype, self.remat, self.norm_groups, name='mid')(h, train)
+    h = MidBlock(self.dropout, self.dtype, self.remat, self.norm_groups,
+                 self.zero_init_residual, name='mid')(h, train)
     curr_res = self.resolution // 2**last
     for i in reversed(range(len(self.ch_mult))):
       h = Level(self.ch * self.ch_mult[i], self.num_res_blocks + 1,
                 curr_res in self.attn_resolutions, 'upsample' if i != 0 else None,
-                self.dropout, self.dtype, self.remat, self.norm_groups, name=f'up_{i}')(h, train)
+                self.dropout, self.dtype, self.remat, self.norm_groups,
+                self.zero_init_residual, name=f'up_{i}')(h, train)
       if i != 0:
         curr_res *= 2
-    h = nn.swish(_group_norm(self.dtype, self.norm_groups, 'norm_out')(h))
+    h = nn.swish(_output_norm(h, self.output_norm, self.dtype, self.norm_groups))
     self.sow('intermediates', 'conv_out_input', h)
     return _conv(self.out_ch, 3, self.dtype, 'conv_out')(h)
 
@@ -285,6 +310,12 @@ class VQModel(nn.Module):
   `remat=True` rematerialises every res and attention block (`nn.remat`): their activations
   are recomputed in the backward pass, trading ~1/3 more compute for memory at large
   resolutions. Parameters and results are the same either way.
+
+  `zero_init_residual=True` starts the last conv of every res block and the output projection
+  of every attention block at zero (as ADM's diffusion U-Net does), so each block starts as its
+  shortcut and the network starts shallow. `output_norm=False` drops the GroupNorm before the
+  encoder's and decoder's `conv_out` (see `_output_norm`). Both default to taming's
+  architecture, which converted checkpoints need.
   """
   ch: int = 128
   out_ch: int = 3
@@ -317,6 +348,8 @@ class VQModel(nn.Module):
   index_backprop: bool = False
   remat: bool = False
   norm_groups: int = GROUPS
+  zero_init_residual: bool = False
+  output_norm: bool = True
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -329,7 +362,8 @@ class VQModel(nn.Module):
     arch = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
                 attn_resolutions=tuple(self.attn_resolutions), resolution=self.resolution,
                 dropout=self.dropout, dtype=self.dtype, remat=self.remat,
-                norm_groups=self.norm_groups)
+                norm_groups=self.norm_groups, zero_init_residual=self.zero_init_residual,
+                output_norm=self.output_norm)
     self.encoder = Encoder(z_channels=self.z_channels, **arch)
     self.quant_conv = _conv(self.embed_dim, 1, self.dtype)
     self.quantizer = self._make_quantizer()

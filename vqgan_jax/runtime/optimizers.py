@@ -21,6 +21,8 @@ def learning_rate_schedule(learning_rate: float, opt: ml_collections.ConfigDict,
         [optax.linear_schedule(0.0, learning_rate, warmup_steps),
          optax.constant_schedule(learning_rate)], [warmup_steps])
   if opt.schedule == "cosine":
+    if warmup_steps <= 0:  # The same values, without optax's zero-length warm-up warning.
+      return optax.cosine_decay_schedule(learning_rate, max(num_train_steps, 1))
     return optax.warmup_cosine_decay_schedule(
         0.0, learning_rate, warmup_steps, max(num_train_steps, warmup_steps + 1), end_value=0.0)
   raise ValueError(f"config.optimizer.schedule={opt.schedule!r}; use one of {SCHEDULES}.")

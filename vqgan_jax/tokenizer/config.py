@@ -66,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
       index_backprop=False,  # IBQ: straight-through over the one-hot of all codes.
       remat=False,  # Recompute block activations in the backward pass (less memory).
       norm_groups=32,  # GroupNorm groups (taming: 32; keep ch / norm_groups >= 4 channels).
+      zero_init_residual=False,  # Res/attention blocks start as the identity (ADM); taming: off.
+      output_norm=True,  # GroupNorm before the encoder's and decoder's conv_out (taming: on).
   ))
   # PatchGAN depth and width.
   config.discriminator = ml_collections.ConfigDict(dict(num_layers=3, ndf=64))
