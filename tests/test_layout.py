@@ -17,6 +17,7 @@ ALLOWED = {
     "metrics": {"models", "data", "runtime"},
     "tokenizer": {"models", "data", "runtime", "metrics"},
     "prior": {"tokenizer", "models", "data", "runtime", "metrics"},
+    "codec": {"prior", "tokenizer", "models", "data", "runtime", "metrics"},
 }
 TOP = {p.stem for p in PACKAGE.glob("*.py")}
 

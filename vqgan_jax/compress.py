@@ -19,38 +19,42 @@ rate–distortion plot next to it (rd.png).
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 
+import numpy as np
 from absl import app, flags
+from PIL import Image, UnidentifiedImageError
+
+from vqgan_jax.runtime import storage
 
 FLAGS = flags.FLAGS
 COMMANDS = ("encode", "decode", "benchmark")
 SUFFIX = ".vqgj"
 
-flags.DEFINE_string("workdir", None, "A prior workdir, or a tokenizer workdir alone.")
-flags.DEFINE_string("out", None, "encode/decode: the output folder; benchmark: the JSON file.")
-flags.DEFINE_integer("step", None, "The prior's (or tokenizer's) checkpoint step (default: latest).")
-flags.DEFINE_integer("rows_per_device", 8, "encode: images coded together on each device (the "
-                     "prior's batch shape, recorded in the file; decoding uses the file's).")
-flags.DEFINE_enum("fallback", "uniform", ("uniform", "adaptive"),
-                  "The code model of a tokenizer workdir without a prior.")
-flags.DEFINE_integer("image_size", None, "benchmark: center crops of this size instead of the "
-                     "training size (the prior slides over larger grids).")
-flags.DEFINE_integer("num_images", -1, "benchmark: the first N eval images (-1: all).")
-flags.DEFINE_integer("fid_min_images", 1000, "benchmark: FID only with at least this many images.")
-flags.DEFINE_list("qualities", ["5", "10", "20", "30", "50", "70", "90"],
-                  "benchmark: quality settings of JPEG, WebP and AVIF.")
-flags.mark_flags_as_required(["workdir", "out"])
+
+def _define_flags() -> None:
+  """The flags, defined only when run as a program (main.py shares some names)."""
+  flags.DEFINE_string("workdir", None, "A prior workdir, or a tokenizer workdir alone.")
+  flags.DEFINE_string("out", None, "encode/decode: the output folder; benchmark: the JSON file.")
+  flags.DEFINE_integer("step", None, "The prior's (or tokenizer's) checkpoint step (default: latest).")
+  flags.DEFINE_integer("rows_per_device", 8, "encode: images coded together on each device (the "
+                       "prior's batch shape, recorded in the file; decoding uses the file's).")
+  flags.DEFINE_enum("fallback", "uniform", ("uniform", "adaptive"),
+                    "The code model of a tokenizer workdir without a prior.")
+  flags.DEFINE_integer("image_size", None, "benchmark: center crops of this size instead of the "
+                       "training size (the prior slides over larger grids).")
+  flags.DEFINE_integer("num_images", -1, "benchmark: the first N eval images (-1: all).")
+  flags.DEFINE_integer("fid_min_images", 1000, "benchmark: FID only with at least this many images.")
+  flags.DEFINE_list("qualities", ["5", "10", "20", "30", "50", "70", "90"],
+                    "benchmark: quality settings of JPEG, WebP and AVIF.")
+  flags.mark_flags_as_required(["workdir", "out"])
 
 
 def read_image(path: str):
   """uint8 (H, W, 3) of an image file; a clear error for anything Pillow cannot read."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-  from vqgan_jax.runtime import storage  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
       return np.asarray(image.convert("RGB"))
@@ -59,7 +63,6 @@ def read_image(path: str):
 
 
 def _output_path(out_dir: str, path: str, suffix: str) -> str:
-  from vqgan_jax.runtime import storage  # pylint: disable=g-import-not-at-top
   return storage.join(out_dir, os.path.splitext(os.path.basename(path))[0] + suffix)
 
 
@@ -70,7 +73,6 @@ def _codec(fallback: str | None = None):
 
 
 def encode_files(paths: list[str]) -> list[str]:
-  from vqgan_jax.runtime import storage  # pylint: disable=g-import-not-at-top
   outputs = [_output_path(FLAGS.out, p, SUFFIX) for p in paths]
   if len(set(outputs)) < len(outputs):
     raise ValueError("Two inputs share a file name; encode them into different --out folders.")
@@ -84,7 +86,6 @@ def encode_files(paths: list[str]) -> list[str]:
 
 
 def decode_files(paths: list[str]) -> list[str]:
-  from vqgan_jax.runtime import storage  # pylint: disable=g-import-not-at-top
   codec = _codec()
   files = [storage.read_bytes(p) for p in paths]
   outputs = []
@@ -97,8 +98,6 @@ def decode_files(paths: list[str]) -> list[str]:
 def benchmark() -> dict:
   from vqgan_jax.codec import rate_distortion as rd  # pylint: disable=g-import-not-at-top
   from vqgan_jax.codec.eval_images import eval_images  # pylint: disable=g-import-not-at-top
-  from vqgan_jax.runtime import storage  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   originals = eval_images(FLAGS.workdir, FLAGS.image_size, FLAGS.num_images)
   codec = _codec()
   n, h, w = originals.shape[:3]
@@ -156,4 +155,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -119,3 +119,27 @@ def test_every_bad_file_fails_with_its_cause(trained_prior, random_tokenizer, co
   other_prior.prior_id = codec8.prior_id
   with pytest.raises(bitstream.CodecFileError, match="do not match the encoder's checksum"):
     other_prior.decode([data])
+
+
+def test_prior_eval_reports_the_codecs_rate(trained_prior, codec8, images):
+  """eval/codec_bits_per_pixel of the prior's eval is the codec's ideal rate on the same images."""
+  from vqgan_jax.prior import train as prior_train  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.prior.frozen_tokenizers import load_tokenizers  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.prior.model import build_model, token_grid  # pylint: disable=g-import-not-at-top
+  config, workdir = trained_prior
+  tokenizers = load_tokenizers(config)
+  grid = token_grid(config, tokenizers.model)
+  model = build_model(config, tokenizers, codec8.prior.num_classes)
+  batch = np.stack([images[0], images[0][::-1], images[0][:, ::-1]])
+  sums = prior_train.eval_sums(
+      jax.device_get(codec8._prior_params), tokenizers.params,  # pylint: disable=protected-access
+      {"image": jnp.asarray(batch, jnp.float32) / 127.5 - 1.0,
+       "label": jnp.zeros(3, jnp.int32), "mask": jnp.ones(3)},
+      config=config, tokenizers=tokenizers, model=model)
+  metrics = prior_train.eval_metrics(jax.device_get(sums), grid, config.data.image_size)
+  coded = codec8.encode(list(batch))
+  rate = sum(c.ideal_bits for c in coded) / (3 * 16 * 16)
+  assert metrics["eval/codec_bits_per_pixel"] == pytest.approx(rate, rel=0.005)
+  assert metrics["eval/bits_per_pixel"] == pytest.approx(
+      metrics["eval/bits_per_token"] * 64 / 256)
+  del workdir

@@ -121,8 +121,26 @@ def eval_sums(params, tok_params, batch, *, config, tokenizers: Tokenizers, mode
   cond = tokenizers.conditioning(config, tok_params, batch)
   nll, correct = token_loss(model, params, targets, cond, train=False)
   mask = batch["mask"].astype(jnp.float32)[:, None]
-  return {"nll": jnp.sum(nll * mask), "correct": jnp.sum(correct * mask),
+  sums = {"nll": jnp.sum(nll * mask), "correct": jnp.sum(correct * mask),
           "tokens": jnp.sum(mask * jnp.ones_like(nll))}
+  if config.conditioning == "class":  # What the codec pays: it codes with the null label.
+    null = jnp.full_like(cond, model.num_classes)
+    sums["nll_null"] = jnp.sum(token_loss(model, params, targets, null, train=False)[0] * mask)
+  return sums
+
+
+def eval_metrics(total: dict[str, Any], grid: tuple[int, int], image_size) -> dict[str, float]:
+  """The eval scalars from `eval_sums` summed over the split: cross-entropy per token and as a
+  codec's rate, bits per pixel of the image (`codec_bits_per_pixel`: with the null label for a
+  class-conditional prior, as `vqgan_jax.compress` codes; the file adds its header and the
+  range coder's last word)."""
+  nll = float(total["nll"] / total["tokens"])
+  tokens_per_pixel = grid[0] * grid[1] / math.prod(input_pipeline.crop_shape(image_size))
+  codec_nll = float(total.get("nll_null", total["nll"]) / total["tokens"])
+  return {"eval/loss": nll, "eval/bits_per_token": nll / math.log(2.0),
+          "eval/bits_per_pixel": nll / math.log(2.0) * tokens_per_pixel,
+          "eval/codec_bits_per_pixel": codec_nll / math.log(2.0) * tokens_per_pixel,
+          "eval/accuracy": float(total["correct"] / total["tokens"])}
 
 
 class PriorSampler:
@@ -195,10 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Prior
     for batch in host_data.eval_batches(config, config.num_eval_images):
       sums = sums_fn(state.params, tok_params, sharding.global_batch(batch, mesh))
       total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    total = jax.device_get(total)
-    nll = float(total["nll"] / total["tokens"])
-    return {"eval/loss": nll, "eval/bits_per_token": nll / math.log(2.0),
-            "eval/accuracy": float(total["correct"] / total["tokens"])}
+    return eval_metrics(jax.device_get(total), grid, config.data.image_size)
 
   sampler = PriorSampler(config, model, tokenizers, num_classes, grid)
   sample_rng = jax.random.PRNGKey(config.seed + 1)
