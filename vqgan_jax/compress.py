@@ -96,46 +96,11 @@ def decode_files(paths: list[str]) -> list[str]:
 
 
 def benchmark() -> dict:
-  from vqgan_jax.codec import rate_distortion as rd  # pylint: disable=g-import-not-at-top
-  from vqgan_jax.codec.eval_images import eval_images  # pylint: disable=g-import-not-at-top
-  originals = eval_images(FLAGS.workdir, FLAGS.image_size, FLAGS.num_images)
-  codec = _codec()
-  n, h, w = originals.shape[:3]
-  codec.encode(originals[:1])  # Compiles: the timings below are coding alone.
-  coded, encode_seconds = rd.timed(codec.encode, list(originals))
-  files = [c.data for c in coded]
-  codec.decode(files[:1])
-  decoded, decode_seconds = rd.timed(codec.decode, files)
-  if any(not np.array_equal(a, b) for a, b in zip(codec.decode_codes(files),
-                                                   (c.codes for c in coded))):
-    raise AssertionError("A decoded code grid differs from the encoded one.")
-  ideal_bytes = sum(c.ideal_bits for c in coded) / 8
-  points = [rd.point(f"vqgan_jax ({codec.model_name})", codec.model_name, originals,
-                     np.stack(decoded), sum(len(f) for f in files), FLAGS.fid_min_images,
-                     ideal_bpp=8 * ideal_bytes / (n * h * w),
-                     tokens_per_image=int(coded[0].codes.size))]
-  if codec.model_name == "prior":  # The same codes at log2(K) bits: what the prior saves.
-    uniform = codec.__class__(codec.tokenizer, codec.tokenizer_params, mesh=codec.mesh,
-                              rows_per_device=codec.rows_per_device)
-    plain = uniform.encode(list(originals))
-    points.append(rd.point("vqgan_jax (uniform)", "uniform", originals, np.stack(decoded),
-                           sum(len(c.data) for c in plain), FLAGS.fid_min_images))
-  points += rd.pillow_points(originals, qualities=[int(q) for q in FLAGS.qualities],
-                             fid_min_images=FLAGS.fid_min_images)
-  megapixels = n * h * w / 1e6
-  result = {
-      "workdir": FLAGS.workdir, "num_images": int(n), "image_size": [int(h), int(w)],
-      "compress_images_per_second": n / encode_seconds,
-      "decompress_images_per_second": n / decode_seconds,
-      "compress_megapixels_per_second": megapixels / encode_seconds,
-      "decompress_megapixels_per_second": megapixels / decode_seconds,
-      "points": points,
-  }
-  storage.write_json(FLAGS.out, result, indent=2)
-  plot_path = os.path.splitext(FLAGS.out)[0] + ".png"
-  rd.plot(points, plot_path, f"{n} images of {h}x{w} px")
-  logging.info("Wrote %s and %s", FLAGS.out, plot_path)
-  return result
+  from vqgan_jax.codec import rate_distortion  # pylint: disable=g-import-not-at-top
+  return rate_distortion.benchmark(
+      _codec(), FLAGS.workdir, FLAGS.out, image_size=FLAGS.image_size,
+      num_images=FLAGS.num_images, qualities=[int(q) for q in FLAGS.qualities],
+      fid_min_images=FLAGS.fid_min_images)
 
 
 def main(argv):

@@ -9,13 +9,19 @@ LPIPS (`vqgan_jax.metrics.image_quality`, on uint8 levels), and FID when there a
 from __future__ import annotations
 
 import io
+import logging
+import os
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
+from vqgan_jax.codec import bitstream
+from vqgan_jax.codec.codec import Codec
+from vqgan_jax.codec.eval_images import eval_images
 from vqgan_jax.metrics import image_quality
+from vqgan_jax.runtime import storage
 
 QUALITIES = (5, 10, 20, 30, 50, 70, 90)
 PILLOW_CODECS = {
@@ -87,7 +93,6 @@ def plot(points: list[dict], path: str, title: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from vqgan_jax.runtime import storage  # pylint: disable=g-import-not-at-top
   figure, axes = plt.subplots(1, 2, figsize=(10, 4))
   for codec in dict.fromkeys(p["codec"] for p in points):
     rows = sorted((p for p in points if p["codec"] == codec), key=lambda p: p["bpp"])
@@ -104,3 +109,49 @@ def plot(points: list[dict], path: str, title: str) -> None:
   figure.tight_layout()
   storage.save_figure(path, figure)
   plt.close(figure)
+
+
+def benchmark(codec: Codec, workdir: str, out: str, *, image_size: int | None = None,
+              num_images: int = -1, qualities: Sequence[int] = QUALITIES,
+              fid_min_images: int = 1000) -> dict:
+  """Codes WORKDIR's eval images with `codec` and the Pillow codecs; writes `out` (JSON) and
+  the plot beside it (.png); returns what the JSON holds."""
+  originals = eval_images(workdir, image_size, num_images)
+  n, h, w = originals.shape[:3]
+  codec.encode(originals[:1])  # Compiles: the timings below are coding alone.
+  coded, encode_seconds = timed(codec.encode, list(originals))
+  files = [c.data for c in coded]
+  codec.decode(files[:1])
+  decoded, decode_seconds = timed(codec.decode, files)
+  if any(not np.array_equal(a, c.codes) for a, c in zip(codec.decode_codes(files), coded)):
+    raise AssertionError("A decoded code grid differs from the encoded one.")
+  ideal_bytes = sum(c.ideal_bits for c in coded) / 8
+  decoded = np.stack(decoded)
+  points = [point(f"vqgan_jax ({codec.model_name})", codec.model_name, originals, decoded,
+                  sum(len(f) for f in files), fid_min_images,
+                  payload_bpp=8 * (sum(len(f) for f in files) - n * bitstream.HEADER_BYTES) / (
+                      n * h * w),
+                  ideal_bpp=8 * ideal_bytes / (n * h * w),
+                  tokens_per_image=int(coded[0].codes.size))]
+  if codec.model_name == "prior":  # The same codes at log2(K) bits: what the prior saves.
+    uniform = Codec(codec.tokenizer, codec.tokenizer_params, mesh=codec.mesh)
+    plain = sum(len(c.data) for c in uniform.encode(list(originals)))
+    points.append(point("vqgan_jax (uniform)", "uniform", originals, decoded, plain,
+                        fid_min_images, payload_bpp=8 * (plain - n * bitstream.HEADER_BYTES) / (
+                            n * h * w)))
+  points += pillow_points(originals, qualities=qualities, fid_min_images=fid_min_images)
+  megapixels = n * h * w / 1e6
+  result = {
+      "workdir": workdir, "num_images": int(n), "image_size": [int(h), int(w)],
+      "header_bytes": bitstream.HEADER_BYTES,
+      "compress_images_per_second": n / encode_seconds,
+      "decompress_images_per_second": n / decode_seconds,
+      "compress_megapixels_per_second": megapixels / encode_seconds,
+      "decompress_megapixels_per_second": megapixels / decode_seconds,
+      "points": points,
+  }
+  storage.write_json(out, result, indent=2)
+  plot_path = os.path.splitext(out)[0] + ".png"
+  plot(points, plot_path, f"{n} eval images of {h}x{w} px")
+  logging.info("Wrote %s and %s", out, plot_path)
+  return result
