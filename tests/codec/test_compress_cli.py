@@ -66,3 +66,14 @@ def test_benchmark_writes_rate_distortion_points(trained_prior, tmp_path):
   # Whole files >= payloads >= the codes' ideal size; the uniform payload is log2(K) per code.
   assert ours["bpp"] > ours["payload_bpp"] >= ours["ideal_bpp"] > 0
   assert plain["payload_bpp"] >= 64 * 6 / 256  # 64 codes of log2(64) bits on 16x16 pixels.
+
+
+def test_unreadable_input_image_names_the_file(tmp_path):
+  import pytest  # pylint: disable=g-import-not-at-top
+  from vqgan_jax import compress  # pylint: disable=g-import-not-at-top
+  broken = tmp_path / "broken.png"
+  broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+  with pytest.raises(ValueError, match="broken.png is not an image Pillow can read"):
+    compress.read_image(str(broken))
+  Image.fromarray(np.zeros((4, 5), np.uint8)).save(tmp_path / "grey.png")
+  assert compress.read_image(str(tmp_path / "grey.png")).shape == (4, 5, 3)
