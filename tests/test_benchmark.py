@@ -11,7 +11,9 @@ KEYS = ("train_step_seconds", "train_images_per_second", "train_step_flops",
         "sampling_tokens_per_second_kv", "sampling_tokens_per_second_naive", "device",
         "batch_size", "image_size", "model", "train_step_temp_bytes", "train_step_flops_executed",
         "input_images_per_second_per_core", "train_images_per_second_per_device",
-        "prior_step_seconds_from_images", "prior_step_seconds_from_codes")
+        "prior_step_seconds_from_images", "prior_step_seconds_from_codes",
+        "compress_images_per_second", "decompress_images_per_second",
+        "compress_megapixels_per_second", "decompress_megapixels_per_second")
 MODEL_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "embed_dim",
               "codebook_size", "disc_layers")
 

@@ -18,7 +18,9 @@ embedded photos) next to train_images_per_second_per_device (what the step consu
 (seconds and XLA's peak bytes per codebook size at a fixed token count, in the lookup dimension),
 sampling_tokens_per_second_kv / _naive, prior_step_seconds_from_images / _from_codes (the prior's
 train step at the prior config's batch and image size when the frozen tokenizer encodes images
-inside it, and when the batch holds codes stored by `--mode=tokenize`), device, batch_size,
+inside it, and when the batch holds codes stored by `--mode=tokenize`),
+compress/decompress_images_per_second and _megapixels_per_second (`vqgan_jax.compress` on one
+call's rows of crops at the tokenizer's image size, random weights), device, batch_size,
 image_size, model.
 """
 from __future__ import annotations
@@ -196,6 +198,38 @@ def bench_sampling(prior_config, tokenizer_config, warmup: int, runs: int) -> di
   return out
 
 
+def bench_codec(prior_config, tokenizer_config, warmup: int, runs: int) -> dict[str, float]:
+  """Images and megapixels per second of `vqgan_jax.compress` encoding and decoding (random
+  weights: the prior's work and the range coder's do not depend on them), one call's rows
+  (8 per device) of embedded-photo crops at the tokenizer config's image size."""
+  from vqgan_jax.codec.codec import Codec  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.data import embedded  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.models.autoencoder import VQModel  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.models.transformer import Transformer  # pylint: disable=g-import-not-at-top
+  h, w = train.image_shape(tokenizer_config)
+  factor = downsampling_factor(tokenizer_config.model.ch_mult)
+  tokenizer = VQModel(**tokenizer_config.model.to_dict())
+  tok_params = jax.jit(tokenizer.init)(jax.random.PRNGKey(0), jnp.zeros((1, h, w, 3)))["params"]
+  grid = (h // factor, w // factor)
+  prior = Transformer(vocab_size=tokenizer.codebook_size, seq_len=grid[0] * grid[1],
+                      **prior_config.model.to_dict())
+  prior_params = prior.init(jax.random.PRNGKey(1), jnp.zeros((1, prior.seq_len), jnp.int32))
+  codec = Codec(tokenizer, tok_params, prior, prior_params["params"], grid)
+  photos = embedded.load_photos()
+  crop = lambda photo: np.pad(photo[:h, :w], ((0, max(0, h - photo.shape[0])),
+                                              (0, max(0, w - photo.shape[1])), (0, 0)), "edge")
+  images = [crop(photos[i % len(photos)]) for i in range(codec.rows_per_device * codec.mesh.size)]
+  files = [c.data for c in codec.encode(images)]
+  warmup, runs = min(warmup, 1), max(1, min(runs, 3))
+  encode = time_call(lambda: codec.encode(images), warmup, runs)
+  decode = time_call(lambda: codec.decode(files), warmup, runs)
+  megapixels = len(images) * h * w / 1e6
+  return {"compress_images_per_second": len(images) / encode,
+          "decompress_images_per_second": len(images) / decode,
+          "compress_megapixels_per_second": megapixels / encode,
+          "decompress_megapixels_per_second": megapixels / decode}
+
+
 IMAGENET_MEAN_HW = (375, 500)  # About ImageNet's mean image size (height, width).
 
 
@@ -310,9 +344,13 @@ def run_benchmark(config, prior_config=None, *, warmup: int = 2, runs: int = 10,
   results["sampling_tokens_per_second_naive"] = None
   results["prior_step_seconds_from_images"] = None
   results["prior_step_seconds_from_codes"] = None
+  for key in ("compress_images_per_second", "decompress_images_per_second",
+              "compress_megapixels_per_second", "decompress_megapixels_per_second"):
+    results[key] = None
   if prior_config is not None:
     results.update(bench_sampling(prior_config, config, warmup, runs))
     results.update(bench_prior_step(prior_config, config, warmup, runs))
+    results.update(bench_codec(prior_config, config, warmup, runs))
   return results
 
 
