@@ -1,8 +1,8 @@
 """Images to compressed files and back with a tokenizer and (optionally) its prior.
 
     codec = Codec.from_workdir("workdirs/tiny_prior")   # or a tokenizer workdir alone
-    files = codec.encode([uint8_image, ...])            # bytes, one file per image
-    images = codec.decode(files)
+    coded = codec.encode([uint8_image, ...])            # one Coded each: .data is the file
+    images = codec.decode([c.data for c in coded])
 
 An image is padded (edge pixels repeated) to a multiple of the tokenizer's downsampling factor
 and to at least the prior's training size, encoded to codes, and the codes range-coded under the
@@ -242,7 +242,7 @@ class Codec:
     if header.model == "prior" and header.precision != self.precision:
       raise bitstream.CodecFileError(
           f"{name} was coded with probability precision {header.precision}; this codec uses "
-          f"{self.precision} (--precision).")
+          f"{self.precision}.")
     if header.model == "prior" and header.rows < 1:
       raise bitstream.CodecFileError(f"{name}'s header records {header.rows} rows per device.")
     if self.padded_shape(header.height, header.width) != tuple(
