@@ -195,12 +195,13 @@ class Codec:
       encoders = [entropy_coding.Encoder() for _ in batch]
       bits = np.zeros(len(batch))
 
-      def push(g, counts_of_row):
-        for row in range(len(batch)):
-          counts = counts_of_row(row)
-          encoders[row].push(int(flat[row, g]), counts)
-          bits[row] += entropy_coding.code_bits(counts, flat[row, g])
-        return np.pad(flat[:, g], (0, self.rows_per_device * self.mesh.size - len(batch)))
+      def push(g, rows, counts_of_row):
+        for row in rows:
+          if row < len(batch):  # Padding rows place code 0.
+            counts = counts_of_row(row)
+            encoders[row].push(int(flat[row, g]), counts)
+            bits[row] += entropy_coding.code_bits(counts, flat[row, g])
+        return np.asarray([flat[row, g] if row < len(batch) else 0 for row in rows], np.int32)
 
       self._run(grid, len(batch), push, lambda row, g: int(flat[row, g]), self.rows_per_device)
       for row, i in enumerate(batch):
@@ -213,16 +214,18 @@ class Codec:
     return out
 
   def _run(self, grid, num_rows, place, update, rows_per_device):
-    """Token by token over `grid` for `num_rows` rows: `place(g, counts_of_row)` returns token g
-    of every row; counts come from the prior (`rows_per_device` rows per device), or from each
-    row's host model."""
+    """Token by token over `grid` for `num_rows` rows: `place(g, rows, counts_of_row)` returns
+    token g of those rows (a range; rows from `num_rows` on are padding); counts come from the
+    prior (`rows_per_device` rows per device, each device's rows in its own call), or from
+    each row's host model."""
     if self.prior is not None:
       self._prior_probabilities(rows_per_device).run(
-          grid, lambda g, counts: place(g, lambda row: counts[row]))
+          grid, lambda g, first, counts: place(g, range(first, first + len(counts)),
+                                               lambda row: counts[row - first]))
       return
     models = [entropy_coding.host_model(self.fallback, self.vocab_size) for _ in range(num_rows)]
     for g in range(grid[0] * grid[1]):
-      place(g, lambda row: models[row].counts())
+      place(g, range(num_rows), lambda row: models[row].counts())
       for row in range(num_rows):
         models[row].update(update(row, g))
 
@@ -273,10 +276,11 @@ class Codec:
           raise bitstream.CodecFileError(f"{names[i]}: {e}") from e
       placed = np.zeros((len(batch), grid[0] * grid[1]), np.int32)
 
-      def pop(g, counts_of_row):
-        for row in range(len(batch)):
-          placed[row, g] = decoders[row].pop(counts_of_row(row))
-        return np.pad(placed[:, g], (0, rows_per_device * self.mesh.size - len(batch)))
+      def pop(g, rows, counts_of_row):
+        for row in rows:
+          if row < len(batch):  # Padding rows place code 0.
+            placed[row, g] = decoders[row].pop(counts_of_row(row))
+        return np.asarray([placed[row, g] if row < len(batch) else 0 for row in rows], np.int32)
 
       self._run(grid, len(batch), pop, lambda row, g: int(placed[row, g]), rows_per_device)
       for row, i in enumerate(batch):
