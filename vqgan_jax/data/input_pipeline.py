@@ -53,6 +53,19 @@ batches, the last ones padded with `mask` 0.0 (1.0 for real images).
   folder               'folder' only: the root folder.
   folder_eval_fraction 'folder' without split subfolders: fraction of files held out for eval.
   codes_dir            'codes' only: the dir `--mode=tokenize` wrote (its manifest.json).
+  num_segmentation_classes  Class ids of the label maps ('segmentation'; for 'embedded' the
+                       number of colour clusters the maps are derived with).
+  segmentation_folder, sketch_folder  'folder' only: where the label maps / drawings live,
+                       mirroring config.data.folder (see `vqgan_jax.data.condition_files`).
+  caption_length       Byte tokens of a caption ('text' conditioning; longer ones are cut).
+
+Conditions (`condition_features`): a job whose `config.modality` (tokenizer) or
+`config.conditioning` (prior) names 'segmentation', 'edges', 'sketch' or 'text' gets, in every
+batch, `segmentation` (B, H, W) int32, `edges` / `sketch` (B, H, W, 3) float32 in [-1, 1] or
+`caption` (B, caption_length) int32 (`vqgan_jax.data.text`), cropped and flipped with the
+image. 'folder' reads them beside the images, 'embedded' derives them from the pixels
+(`vqgan_jax.data.derived`), edges are computed for every source. A map of the wrong size or
+with an unknown class id stops the job with an error naming the image.
 """
 from __future__ import annotations
 
@@ -90,6 +103,10 @@ def default_data_config() -> ml_collections.ConfigDict:
       folder="",
       folder_eval_fraction=0.05,
       codes_dir="",
+      num_segmentation_classes=0,
+      segmentation_folder="",
+      sketch_folder="",
+      caption_length=64,
   ))
 
 
@@ -112,9 +129,32 @@ def crop_shape(image_size) -> tuple[int, int]:
   return shape
 
 
+CONDITION_FEATURES = {"segmentation": "segmentation", "edges": "edges", "sketch": "sketch",
+                      "text": "caption"}
+
+
+def condition_features(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Batch features beyond `image` and `label` the job needs: from `config.modality` (a
+  tokenizer of label maps, edges or drawings) and `config.conditioning` (a prior conditioned
+  on them or on captions)."""
+  wanted = {config.get("modality", "image"), config.get("conditioning", "none")}
+  return tuple(feature for kind, feature in CONDITION_FEATURES.items() if kind in wanted)
+
+
 def validate_data_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError saying what to change when the data config cannot work."""
   data = config.data
+  features = condition_features(config)
+  if "segmentation" in features and data.num_segmentation_classes < 2:
+    raise ValueError(f"config.data.num_segmentation_classes={data.num_segmentation_classes}: "
+                     "segmentation needs the number of class ids (>= 2) of the label maps.")
+  if "segmentation" in features and data.num_segmentation_classes > 256:
+    raise ValueError("config.data.num_segmentation_classes must be <= 256 (8-bit label PNGs).")
+  if "caption" in features and data.caption_length < 1:
+    raise ValueError(f"config.data.caption_length={data.caption_length} must be >= 1.")
+  if features and data.source == "codes":
+    raise ValueError(f"config.data.source='codes' holds no {features} conditions; train from "
+                     "the image source.")
   if data.source not in SOURCES:
     raise ValueError(f"config.data.source={data.source!r}; use one of {SOURCES}.")
   crop_shape(data.image_size)
@@ -173,7 +213,9 @@ def _settings(config: ml_collections.ConfigDict, process_index: int, process_cou
       resize_size=data.resize_size or (EMBEDDED_RESIZE_FACTOR if is_embedded else 1) * max(crop_hw),
       scale_jitter=(data.scale_jitter if data.scale_jitter >= 0 else
                     EMBEDDED_SCALE_JITTER if is_embedded else 0.0),
-      random_flip=data.random_flip)
+      random_flip=data.random_flip, features=condition_features(config),
+      num_segmentation_classes=data.num_segmentation_classes,
+      caption_length=data.caption_length)
 
 
 def example_settings(config: ml_collections.ConfigDict, process_index: int, process_count: int):
@@ -211,6 +253,7 @@ class TrainIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._batches)
     positions = batch.pop("_positions")
+    raise_condition_problems(batch, positions, self._describe)
     end = int(positions[-1]) + 1
     _SKIPS.record(np.setdiff1d(np.arange(self.position, end), positions), self._describe)
     self.position = end
@@ -268,6 +311,7 @@ def _eval_batches(batches, source) -> Iterator[dict[str, np.ndarray]]:
   expected = 0
   for batch in batches:
     index = batch.pop("_index")
+    raise_condition_problems(batch, index, source.describe_eval)
     real = index[index >= 0]
     # Once padding shows, every record not yet seen was dropped.
     end = source.num_eval if (index < 0).any() else int(real[-1]) + 1
@@ -276,16 +320,31 @@ def _eval_batches(batches, source) -> Iterator[dict[str, np.ndarray]]:
     yield batch
 
 
+def raise_condition_problems(batch: dict[str, np.ndarray], ids: np.ndarray,
+                             describe: Callable[[int], str]) -> None:
+  """Pops `_problem`; raises ValueError naming the first example whose stored condition (a
+  label map or drawing) has the wrong size or an unknown class id."""
+  from vqgan_jax.data import condition_files  # pylint: disable=g-import-not-at-top
+  problems = batch.pop("_problem", None)
+  if problems is None or not np.any(problems):
+    return
+  first = int(np.flatnonzero(problems)[0])
+  raise ValueError(f"The condition map of {describe(int(ids[first]))} "
+                   f"{condition_files.PROBLEMS[int(problems[first])]}; fix or remove the file "
+                   "(see vqgan_jax.data.condition_files for the layout).")
+
+
 def first_eval_examples(config: ml_collections.ConfigDict, n: int) -> dict[str, np.ndarray]:
-  """The first `n` eval examples (`image`, `label`) in eval order, read by this process alone
-  (fixed pictures for grids, sampling conditions, completions); fewer if the split is smaller."""
+  """The first `n` eval examples (`image`, `label`, and the job's condition features) in eval
+  order, read by this process alone (fixed pictures for grids, sampling conditions,
+  completions); fewer if the split is smaller."""
   if config.data.source == "codes":
     raise ValueError("config.data.source='codes' holds codes, not images: completions and "
                      "image conditions need the image source (set config.data back to it).")
   batch = next(iter(create_eval_iterator(config, local_batch_size=n, process_index=0,
                                          process_count=1)))
-  real = np.asarray(batch["mask"]) > 0
-  return {"image": np.asarray(batch["image"])[real], "label": np.asarray(batch["label"])[real]}
+  real = np.asarray(batch.pop("mask")) > 0
+  return {name: np.asarray(values)[real] for name, values in batch.items()}
 
 
 def num_eval_examples(config: ml_collections.ConfigDict) -> int:

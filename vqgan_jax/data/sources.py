@@ -9,6 +9,9 @@ its position. Every source has the same interface:
   decode(record)                         (uint8 (h, w, 3) image, label); raises if undecodable
   eval_records(), eval_example(record)   eval records in a fixed order, and their final crops
   describe_train(position), describe_eval(index)   a record's name, for skip warnings
+  conditions(record)                     the record's stored conditions (`Conditions`)
+  derives_conditions                     True: label maps, sketches and captions are derived
+                                         from the pixels (`vqgan_jax.data.derived`), not read
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vqgan_jax.data import embedded
+from vqgan_jax.data import condition_files, embedded
 from vqgan_jax.data import folder, preprocess, tfds_data
 
 
@@ -34,48 +37,101 @@ class Settings:
   resize_size: int
   scale_jitter: float
   random_flip: bool
+  # Condition features the job needs besides the image ('segmentation', 'edges', 'sketch',
+  # 'caption'; see `input_pipeline.condition_features`), and their settings.
+  features: tuple[str, ...] = ()
+  num_segmentation_classes: int = 0
+  caption_length: int = 0
 
   def train_index(self, position: int, num_records: int) -> int:
     """The record index at a train stream position (eager; for messages)."""
     return int(preprocess.stream_index(position, num_records, self.seed, self.process_index))
 
 
+@dataclasses.dataclass
+class Conditions:
+  """A record's stored conditions: pixel-aligned uint8 maps (at the image's size before any
+  resize), a caption (scalar tf.string) and a `condition_files` problem code."""
+  maps: dict[str, tf.Tensor] = dataclasses.field(default_factory=dict)
+  caption: tf.Tensor | None = None
+  problem: tf.Tensor | int = 0
+
+
 class _FileEval:
   """Eval crops of decoded files: resize the shorter side, then center crop."""
   settings: Settings
+  derives_conditions = False
+
+  def conditions(self, record, image) -> Conditions:
+    del record, image
+    return Conditions()
 
   def eval_example(self, record):
+    """(image, label, Conditions) of an eval record, maps cropped with the image."""
     image, label = self.decode(record)
-    image = preprocess.resize_to_cover(image, self.settings.resize_size, self.settings.crop_hw)
-    return preprocess.center_crop(image, self.settings.crop_hw), label
+    conditions = self.conditions(record, image)
+    image, conditions.maps = preprocess.eval_crop(
+        image, shorter_side=self.settings.resize_size, crop_hw=self.settings.crop_hw,
+        aligned=conditions.maps)
+    return image, label, conditions
 
 
 class FolderSource(_FileEval):
   """Every `process_count`-th file of each split; an exact per-epoch permutation of them."""
 
-  def __init__(self, dataset: folder.FolderDataset, settings: Settings):
+  def __init__(self, dataset: folder.FolderDataset, settings: Settings,
+               data: ml_collections.ConfigDict | None = None):
     self.settings = settings
     shard = slice(settings.process_index, None, settings.process_count)
     self._train_paths = dataset.train.paths[shard]
-    self._train = (tf.constant(self._train_paths, tf.string),
-                   tf.constant(dataset.train.labels[shard], tf.int32))
     self._eval_paths = dataset.eval.paths[shard]
-    self._eval_labels = dataset.eval.labels[shard]
+    self._train = self._records(self._train_paths, dataset.train.labels[shard], data)
+    self._eval = self._records(self._eval_paths, dataset.eval.labels[shard], data)
     self.num_train = len(self._train_paths)
     self.num_eval = len(self._eval_paths)
     self.num_eval_global = len(dataset.eval.paths)
 
+  def _records(self, paths, labels, data) -> dict[str, tf.Tensor]:
+    """Per-record tensors: path, label and the stored conditions' paths or captions (each
+    checked to exist now, so a missing one fails before training, naming the file)."""
+    records = {"path": tf.constant(paths, tf.string), "label": tf.constant(labels, tf.int32)}
+    for kind, setting in (("segmentation", "segmentation_folder"), ("sketch", "sketch_folder")):
+      if kind in self.settings.features:
+        records[kind] = tf.constant(condition_files.find_maps(
+            paths, data.folder, data[setting], kind, setting), tf.string)
+    if "caption" in self.settings.features:
+      records["caption"] = tf.constant(condition_files.read_captions(paths), tf.string)
+    return records
+
   def train_record(self, index) -> dict[str, tf.Tensor]:
-    paths, labels = self._train
-    return {"path": tf.gather(paths, index), "label": tf.gather(labels, index)}
+    return {name: tf.gather(values, index) for name, values in self._train.items()}
 
   def decode(self, record):
     return preprocess.decode_rgb(tf.io.read_file(record["path"])), record["label"]
 
+  def conditions(self, record, image) -> Conditions:
+    """The record's label map / sketch (checked against the image's size) and caption."""
+    result = Conditions(caption=record.get("caption"))
+    problems = [tf.constant(condition_files.OK)]
+    if "segmentation" in record:
+      ids, problem = tf.numpy_function(condition_files.decode_label_map,
+                                       [tf.io.read_file(record["segmentation"])],
+                                       (tf.uint8, tf.int64), stateful=False)
+      result.maps["segmentation"] = tf.ensure_shape(ids, (None, None, 1))
+      problems.append(tf.cast(problem, tf.int32))
+    if "sketch" in record:
+      result.maps["sketch"] = preprocess.decode_rgb(tf.io.read_file(record["sketch"]))
+    for name, x in list(result.maps.items()):
+      same = tf.reduce_all(tf.shape(x)[:2] == tf.shape(image)[:2])
+      problems.append(tf.where(same, condition_files.OK, condition_files.WRONG_SIZE))
+      # A wrong-size map is still resized to the image (shapes must agree); the host raises.
+      result.maps[name] = tf.cond(same, lambda x=x: x, lambda x=x, name=name: preprocess.resize_uint8(
+          x, tf.shape(image)[:2], labels=name == "segmentation"))
+    result.problem = tf.reduce_max(tf.stack(problems))
+    return result
+
   def eval_records(self) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices(
-        {"path": tf.constant(self._eval_paths, tf.string),
-         "label": tf.constant(self._eval_labels, tf.int32)})
+    return tf.data.Dataset.from_tensor_slices(self._eval)
 
   def describe_train(self, position: int) -> str:
     return self._train_paths[self.settings.train_index(position, self.num_train)]
@@ -212,6 +268,12 @@ class EmbeddedSource:
     self.num_eval = len(self._eval_labels)
     self.num_eval_global = len(labels)
 
+  derives_conditions = True
+
+  def conditions(self, record, image) -> Conditions:
+    del record, image
+    return Conditions()
+
   def train_record(self, index) -> tf.Tensor:
     return index
 
@@ -224,7 +286,8 @@ class EmbeddedSource:
     return tf.data.Dataset.from_tensor_slices((self._eval_crops, self._eval_labels))
 
   def eval_example(self, record):
-    return record
+    image, label = record
+    return image, label, Conditions()
 
   def describe_train(self, position: int) -> str:
     return f"embedded train stream position {position}"
@@ -239,5 +302,10 @@ def make_source(data: ml_collections.ConfigDict, settings: Settings):
     return EmbeddedSource(settings)
   if data.source == "folder":
     return FolderSource(folder.scan(data.folder, data.train_split, data.eval_split,
-                                    data.folder_eval_fraction), settings)
+                                    data.folder_eval_fraction), settings, data)
+  stored = sorted(set(settings.features) - {"edges"})
+  if stored:
+    raise ValueError(f"config.data.source='tfds' does not read {stored} conditions yet; use "
+                     "config.data.source='folder' (maps and captions beside the images, see "
+                     "vqgan_jax.data.condition_files) or 'embedded' (derived).")
   return TfdsSource(tfds_data.prepared_builder(data, settings.process_count), data, settings)
