@@ -102,7 +102,7 @@ def test_weight_decay_only_on_matrices(config):
 
 @pytest.mark.parametrize("change, message", [
     (lambda c: setattr(c, "tokenizer_workdir", ""), "tokenizer_workdir"),
-    (lambda c: setattr(c, "conditioning", "text"), "conditioning"),
+    (lambda c: setattr(c, "conditioning", "depth"), "conditioning"),
     (lambda c: setattr(c.data, "image_size", 17), "downsampling factor 2"),
     (lambda c: setattr(c, "batch_size", 12), "not divisible by the 8 devices"),
 ])

@@ -112,8 +112,8 @@ class Codec:
     if saved.get("stage") != "prior":
       model, variables, _ = restore_tokenizer(workdir, step)
       return cls(model, variables["params"], **kwargs)
-    if saved.get("conditioning") == "image":
-      raise ValueError(f"{workdir} is a prior conditioned on low-resolution images: a file "
+    if saved.get("conditioning", "none") not in ("none", "class"):
+      raise ValueError(f"{workdir} is a prior conditioned on {saved['conditioning']!r}: a file "
                        "would need the condition too. Compress with an unconditional or "
                        "class-conditional prior, or with the tokenizer workdir alone.")
     tokenizer_model, variables, _ = restore_tokenizer(saved["tokenizer_workdir"])

@@ -204,13 +204,15 @@ class Transformer(nn.Module):
   """Decoder-only GPT over code indices; see the module docstring for layout and decoding.
 
   Conditioning: `num_classes` > 0 (class labels, plus the null label `num_classes`),
-  `cond_vocab_size`/`cond_len` > 0 (conditioning tokens), or neither (unconditional).
+  `cond_vocab_size`/`cond_len` > 0 (conditioning tokens; `cond_null_token` >= 0 names the token
+  whose all-`cond_len` row is the null condition, e.g. the empty caption), or neither.
   """
   vocab_size: int
   seq_len: int
   num_classes: int = 0
   cond_vocab_size: int = 0
   cond_len: int = 0
+  cond_null_token: int = -1
   num_layers: int = 2
   num_heads: int = 4
   embed_dim: int = 128
@@ -219,6 +221,16 @@ class Transformer(nn.Module):
   attention_window: int = 0
   mingpt_numerics: bool = False
   dtype: Any = jnp.float32
+
+  @property
+  def has_null_condition(self) -> bool:
+    """Whether classifier-free guidance has a null condition (labels or a null token)."""
+    return self.num_classes > 0 or self.cond_null_token >= 0
+
+  def null_condition(self, cond: jax.Array) -> jax.Array:
+    """The null condition shaped like `cond` (the null label or all-null tokens)."""
+    null = self.num_classes if self.num_classes > 0 else self.cond_null_token
+    return jnp.full_like(cond, null)
 
   @property
   def prefix_len(self) -> int:
@@ -312,6 +324,9 @@ class Transformer(nn.Module):
                       '(cond_len), not both')
     if (self.cond_len > 0) != (self.cond_vocab_size > 0):
       problems.append('cond_len and cond_vocab_size must both be > 0 for token conditioning')
+    if self.cond_null_token >= max(self.cond_vocab_size, 1) or (
+        self.cond_null_token >= 0 and self.cond_len == 0):
+      problems.append('cond_null_token must be a token id of the conditioning vocabulary')
     if self.embed_dim % self.num_heads:
       problems.append(f'embed_dim {self.embed_dim} is not divisible by num_heads '
                       f'{self.num_heads}')

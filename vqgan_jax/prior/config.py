@@ -9,9 +9,8 @@ from __future__ import annotations
 import ml_collections
 from jax.sharding import Mesh
 
+from vqgan_jax.prior.conditions import CONDITIONINGS, TOKENIZED, kind
 from vqgan_jax.runtime import trainer_config
-
-CONDITIONINGS = ("none", "class", "image")
 
 
 def base_prior_config() -> ml_collections.ConfigDict:
@@ -21,14 +20,17 @@ def base_prior_config() -> ml_collections.ConfigDict:
   config.stage = "prior"
   # Workdir of the trained or converted tokenizer whose codes are modelled.
   config.tokenizer_workdir = ""
-  # 'none' (a start token), 'class' (the dataset's labels) or 'image' (a prefix of codes of a
-  # `cond_downsample`-times smaller copy of the image, as taming's low-resolution cond stage).
+  # 'none' | 'class' | 'low_res' (alias 'image') | 'segmentation' | 'edges' | 'sketch' | 'text';
+  # see vqgan_jax.prior.conditions.
   config.conditioning = "none"
-  # 'image' conditioning: the tokenizer of the downsampled images, and the downsampling factor.
+  # Tokenized conditions: the workdir of the condition tokenizer (trained on small images, label
+  # maps, edge maps or drawings), and for 'low_res' the downsampling factor of the image.
   config.cond_tokenizer_workdir = ""
   config.cond_downsample = 4
   # 'class': probability of the null label in training (classifier-free guidance needs > 0).
   config.label_dropout = 0.1
+  # 'text': probability of the empty caption in training (classifier-free guidance needs > 0).
+  config.caption_dropout = 0.1
   # taming's token corruption: each input token is kept with probability pkeep, else replaced
   # by a random code (targets stay clean); 1.0: off.
   config.pkeep = 1.0
@@ -62,7 +64,7 @@ def base_prior_config() -> ml_collections.ConfigDict:
         temperature=1.0,  # 0: greedy.
         top_k=0,  # 0: off.
         top_p=1.0,  # 1.0: off.
-        guidance_scale=1.0,  # Classifier-free guidance ('class'): 1 conditional, 0 unconditional.
+        guidance_scale=1.0,  # Classifier-free guidance ('class', 'text'): 1 cond., 0 uncond.
         classes=(),  # Labels to draw, cycled; empty: every class in turn.
         grid_shape=(),  # (H, W) tokens; empty: the training grid; larger: sliding window.
         completion=0,  # Eval images whose bottom half is resampled (0: off).
@@ -70,6 +72,12 @@ def base_prior_config() -> ml_collections.ConfigDict:
         fid=False,  # Sample FID against the eval split (or `fid_reference_stats`).
         use_cache=True,  # KV cache (False recomputes the sequence for every token).
         seed=0,
+        # A condition file every sample is drawn from (else sample i uses eval example i's):
+        # a label map PNG ('segmentation'), a drawing ('sketch'), an image whose edges are
+        # taken ('edges') or a small image to upscale by cond_downsample ('low_res'). Larger
+        # than the training size: the sliding window (grid-aligned conditions).
+        condition="",
+        prompt="",  # 'text': the caption every sample is drawn from (else eval captions).
     ))
   return config
 
@@ -83,9 +91,16 @@ def validate_prior_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None
     raise ValueError(f"config.pkeep={config.pkeep} must be in (0, 1].")
   if not 0.0 <= config.label_dropout < 1.0:
     raise ValueError(f"config.label_dropout={config.label_dropout} must be in [0, 1).")
-  if config.data.source == "codes" and config.conditioning == "image":
-    raise ValueError("config.data.source='codes' supports config.conditioning 'none' and "
-                     "'class' for now; train an 'image'-conditioned prior from images.")
+  if not 0.0 <= config.caption_dropout < 1.0:
+    raise ValueError(f"config.caption_dropout={config.caption_dropout} must be in [0, 1).")
+  if config.data.source == "codes" and kind(config) not in ("none", "class"):
+    raise ValueError(f"config.data.source='codes' supports config.conditioning 'none' and "
+                     f"'class' for now; train a {config.conditioning!r}-conditioned prior from "
+                     "images.")
+  if kind(config) in TOKENIZED and not config.cond_tokenizer_workdir:
+    raise ValueError(f"config.conditioning={config.conditioning!r} needs "
+                     "config.cond_tokenizer_workdir: the workdir of a tokenizer trained on the "
+                     "condition (see vqgan_jax.prior.conditions).")
   if config.model.embed_dim % config.model.num_heads:
     raise ValueError(f"config.model.embed_dim={config.model.embed_dim} is not divisible by "
                      f"config.model.num_heads={config.model.num_heads}.")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from vqgan_jax.data import input_pipeline
+from vqgan_jax.data import input_pipeline, text
 from vqgan_jax.models.autoencoder import downsampling_factor
 from vqgan_jax.models.transformer import Transformer
+from vqgan_jax.prior import conditions
 from vqgan_jax.prior.frozen_tokenizers import Tokenizers
 from vqgan_jax.runtime import trainer_config
 
@@ -21,17 +22,32 @@ def token_grid(config: ml_collections.ConfigDict, tokenizer_model) -> tuple[int,
   return h // factor, w // factor
 
 
-def cond_length(config: ml_collections.ConfigDict, tokenizers: Tokenizers) -> int:
-  """Tokens of the conditioning prefix ('image' conditioning; 0 otherwise)."""
-  if config.conditioning != "image":
-    return 0
+def cond_grid(config: ml_collections.ConfigDict, tokenizers: Tokenizers) -> tuple[int, int]:
+  """The (h, w) grid of condition codes of one training example (tokenized conditions)."""
   h, w = input_pipeline.crop_shape(config.data.image_size)
-  d = config.cond_downsample
+  d = tokenizers.cond_downsample
   factor = downsampling_factor(tokenizers.cond_model.ch_mult)
   if h % (d * factor) or w % (d * factor):
+    what = "config.cond_downsample * " if d > 1 else ""
     raise ValueError(f"config.data.image_size={config.data.image_size} must be divisible by "
-                     f"config.cond_downsample * the conditioning tokenizer's factor = {d * factor}.")
-  return (h // d // factor) * (w // d // factor)
+                     f"{what}the condition tokenizer's factor = {d * factor}.")
+  return h // d // factor, w // d // factor
+
+
+def cond_length(config: ml_collections.ConfigDict, tokenizers: Tokenizers) -> int:
+  """Tokens of the conditioning prefix (condition codes or caption; 0 otherwise)."""
+  if conditions.kind(config) == "text":
+    return config.data.caption_length
+  if not conditions.is_tokenized(config):
+    return 0
+  grid = cond_grid(config, tokenizers)
+  return grid[0] * grid[1]
+
+
+def cond_vocab_size(config: ml_collections.ConfigDict, tokenizers: Tokenizers) -> int:
+  if conditions.kind(config) == "text":
+    return text.VOCAB_SIZE
+  return tokenizers.cond_model.codebook_size if conditions.is_tokenized(config) else 0
 
 
 def build_model(config: ml_collections.ConfigDict, tokenizers: Tokenizers,
@@ -40,6 +56,8 @@ def build_model(config: ml_collections.ConfigDict, tokenizers: Tokenizers,
   return Transformer(
       vocab_size=tokenizers.model.codebook_size, seq_len=h * w,
       num_classes=num_classes if config.conditioning == "class" else 0,
-      cond_vocab_size=tokenizers.cond_model.codebook_size if config.conditioning == "image" else 0,
-      cond_len=cond_length(config, tokenizers), dtype=trainer_config.compute_dtype(config),
+      cond_vocab_size=cond_vocab_size(config, tokenizers),
+      cond_len=cond_length(config, tokenizers),
+      cond_null_token=text.PAD if conditions.kind(config) == "text" else -1,
+      dtype=trainer_config.compute_dtype(config),
       **config.model.to_dict())

@@ -19,9 +19,14 @@ are summed over hosts at the end for the sample FID against the eval split or
 options, the tokens/s of all hosts together, the FID). `config.sample.grid_shape` larger than
 the training grid samples larger images with taming's sliding window;
 `config.sample.completion=N` also writes `completion.png`: N eval images (top row), their bottom
-half resampled (bottom row). With `conditioning='image'` sample i is conditioned on eval image i
-(downsampled and tokenized as in training; every host reads the eval images in order, one batch
-at a time), and `conditions.png` shows the first grid's conditions above their samples.
+half resampled (bottom row). With a tokenized condition or captions (`vqgan_jax.prior.conditions`)
+sample i is conditioned on eval example i's (its low-resolution copy, label map, edges, drawing or
+caption, made as in training; every host reads the eval examples in order, one batch at a time),
+or every sample on the user's `config.sample.condition` file / `config.sample.prompt`
+(`vqgan_jax.prior.user_conditions`); a condition larger than the training size gives larger
+samples through the sliding window, the condition's code grid cropped with each window.
+`conditions.png` shows the first grid's conditions above their samples; samples.json lists the
+captions.
 """
 from __future__ import annotations
 
@@ -35,9 +40,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
-from vqgan_jax.data import input_pipeline
+from vqgan_jax.data import input_pipeline, text
 from vqgan_jax.metrics import fid
-from vqgan_jax.prior import samplers
+from vqgan_jax.models.autoencoder import downsampling_factor
+from vqgan_jax.prior import conditions, samplers, user_conditions
 from vqgan_jax.prior.frozen_tokenizers import load_tokenizers
 from vqgan_jax.prior.model import build_model, token_grid
 from vqgan_jax.runtime import checkpoints, images as image_utils, sharding, storage
@@ -85,11 +91,66 @@ def _check_sample_config(config: ml_collections.ConfigDict) -> None:
                      f"must be >= 1, grid_images={s.grid_images} >= 0.")
   if s.fid and s.num_samples < 2:
     raise ValueError("config.sample.fid needs at least 2 samples (config.sample.num_samples).")
-  if config.conditioning == "image":
+  if _conditions_from_eval(config):
     available = input_pipeline.num_eval_examples(config)
     if available < s.num_samples:
       raise ValueError(f"config.sample.num_samples={s.num_samples} but the eval split has only "
-                       f"{available} condition images.")
+                       f"{available} condition examples (or give --config.sample.condition / "
+                       "prompt).")
+
+
+def _conditions_from_eval(config) -> bool:
+  """Whether sample i takes eval example i's condition (no user condition given)."""
+  s = config.sample
+  return (conditions.is_tokenized(config) or conditions.kind(config) == "text") and not (
+      s.condition or s.prompt)
+
+
+def _sampling_grid(config, tokenizers, grid, user) -> tuple[int, int]:
+  """The token grid of the samples: the user condition's, else config.sample.grid_shape, else
+  the training grid; ValueError when a condition cannot give it."""
+  big_grid = tuple(config.sample.grid_shape) or grid
+  if user is not None and conditions.kind(config) != "text":
+    factor = downsampling_factor(tokenizers.model.ch_mult)
+    h, w = user.image_hw
+    if h % factor or w % factor:
+      raise ValueError(f"The {user.description} gives {h}x{w} images, not divisible by the "
+                       f"tokenizer's factor {factor}; crop or pad it to a multiple of {factor}.")
+    if config.sample.grid_shape and tuple(config.sample.grid_shape) != (h // factor, w // factor):
+      raise ValueError(f"config.sample.grid_shape={tuple(config.sample.grid_shape)} disagrees "
+                       f"with the {user.description} ({h}x{w}); leave grid_shape empty.")
+    big_grid = (h // factor, w // factor)
+  if big_grid[0] < grid[0] or big_grid[1] < grid[1]:
+    raise ValueError(f"Samples of {big_grid} tokens are smaller than the training grid {grid}; "
+                     "give a condition / grid_shape at least the training size.")
+  if big_grid != grid and _conditions_from_eval(config):
+    raise ValueError("config.sample.grid_shape larger than the training grid needs a condition "
+                     "that large: give --config.sample.condition=PATH (eval conditions have the "
+                     "training size).")
+  return big_grid
+
+
+def _user_rows(config, tokenizers, model, user, big_grid, grid, rows, mesh, replicated):
+  """The user's condition as the sampler's `cond`, the same for all `rows` rows (sharded)."""
+  batch = jax.device_put({k: jnp.asarray(v) for k, v in user.batch.items()}, replicated)
+  cond = np.asarray(jax.jit(lambda p, b: tokenizers.conditioning(config, p, b))(
+      tokenizers.params, batch))
+  if conditions.is_tokenized(config):
+    cond_hw = (user.image_hw[0] // tokenizers.cond_downsample,
+               user.image_hw[1] // tokenizers.cond_downsample)
+    factor = downsampling_factor(tokenizers.cond_model.ch_mult)
+    cond_grid = (cond_hw[0] // factor, cond_hw[1] // factor)
+    if big_grid != grid:  # Sliding window: the condition's grid must align with the image's.
+      if cond_grid != big_grid:
+        raise ValueError(f"The {user.description} is larger than the training size, which needs "
+                         f"condition codes aligned with the image codes; its grid {cond_grid} "
+                         f"differs from the samples' {big_grid} (conditioning "
+                         f"{config.conditioning!r}); give a condition of the training size.")
+      cond = cond.reshape(1, *big_grid)
+    elif cond.shape[1] != model.cond_len:
+      raise ValueError(f"The {user.description} gives {cond.shape[1]} condition codes; the "
+                       f"prior takes {model.cond_len}.")
+  return sharding.shard_host_batch(np.broadcast_to(cond, (rows,) + cond.shape[1:]), mesh)
 
 
 def _on_rows(mesh: Mesh, fn, num_row_args: int):
@@ -101,17 +162,23 @@ def _on_rows(mesh: Mesh, fn, num_row_args: int):
                                out_specs=rows, check_vma=False))
 
 
-def _eval_image_batches(config, rows: int) -> Iterator[np.ndarray]:
-  """Eval images in eval order, `rows` at a time (the conditions of samples 0, 1, ...)."""
+def _eval_example_batches(config, rows: int) -> Iterator[dict[str, np.ndarray]]:
+  """Eval examples (image, label, condition features) in eval order, `rows` at a time (the
+  conditions of samples 0, 1, ...)."""
   pending = []
   for batch in input_pipeline.create_eval_iterator(config, local_batch_size=rows,
                                                    process_index=0, process_count=1):
-    pending.extend(np.asarray(batch["image"])[np.asarray(batch["mask"]) > 0])
+    real = np.asarray(batch.pop("mask")) > 0
+    pending.extend({k: np.asarray(v)[i] for k, v in batch.items()} for i in np.flatnonzero(real))
     while len(pending) >= rows:
-      yield np.stack(pending[:rows])
+      yield _stack(pending[:rows])
       pending = pending[rows:]
   if pending:  # The last samples' conditions, padded by repeating the last one.
-    yield np.stack(pending + pending[-1:] * (rows - len(pending)))
+    yield _stack(pending + pending[-1:] * (rows - len(pending)))
+
+
+def _stack(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
 def _tile(images: np.ndarray, per_row: int) -> list[np.ndarray]:
@@ -149,10 +216,8 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str, step: int | N
   replicated = sharding.replicated(mesh)
   tokenizers = load_tokenizers(config, replicated)
   grid = token_grid(config, tokenizers.model)
-  big_grid = tuple(s.grid_shape) or grid
-  if config.conditioning == "image" and big_grid != grid:
-    raise ValueError("config.sample.grid_shape larger than the training grid is not supported "
-                     "with conditioning='image' from the command line.")
+  user = user_conditions.load(config) if (s.condition or s.prompt) else None
+  big_grid = _sampling_grid(config, tokenizers, grid, user)
   num_classes = input_pipeline.num_classes(config) if config.conditioning == "class" else 0
   classes = _class_list(config, num_classes)
   model = build_model(config, tokenizers, num_classes)
@@ -178,9 +243,14 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str, step: int | N
   draw_tokens = _on_rows(mesh, draw, 2 if with_cond else 1)
   decode = _on_rows(mesh, lambda p, codes: image_utils.to_uint8_on_device(
       tokenizers.decode(p, codes)), 1)
-  cond_codes = _on_rows(mesh, tokenizers.cond_codes, 1)
+  conditioning = _on_rows(mesh, lambda p, batch: tokenizers.conditioning(config, p, batch), 1)
   features = _on_rows(mesh, fid.pool3_of_uint8, 1)
-  cond_batches = _eval_image_batches(config, rows) if config.conditioning == "image" else None
+  cond_batches = _eval_example_batches(config, rows) if _conditions_from_eval(config) else None
+  user_rows = None
+  if user is not None:
+    user_rows = _user_rows(config, tokenizers, model, user, big_grid, grid, rows, mesh,
+                           replicated)
+  captions = [text.decode(user.batch["caption"][0])] if user and "caption" in user.batch else []
 
   running = fid.RunningStats() if inception_params is not None else None
   preview, preview_conditions, written = [], [], []
@@ -193,10 +263,18 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str, step: int | N
       labels = np.asarray([classes[i % len(classes)] for i in indices], np.int32)
       inputs.append(sharding.shard_host_batch(labels, mesh))
     if cond_batches is not None:
-      cond_images = next(cond_batches)
-      inputs.append(cond_codes(tokenizers.params, sharding.shard_host_batch(cond_images, mesh)))
-      if writes and len(preview_conditions) < s.grid_images:
-        preview_conditions.extend(image_utils.to_uint8(cond_images[:real]))
+      examples = next(cond_batches)
+      inputs.append(conditioning(tokenizers.params, {
+          k: sharding.shard_host_batch(v, mesh) for k, v in examples.items()}))
+      pictures = conditions.pictures(config, examples)
+      if writes and pictures is not None and len(preview_conditions) < s.grid_images:
+        preview_conditions.extend(pictures[:real])
+      if "caption" in examples:
+        captions.extend(text.decode(t) for t in examples["caption"][:real])
+    elif user_rows is not None:
+      inputs.append(user_rows)
+      if writes and user.picture is not None and len(preview_conditions) < s.grid_images:
+        preview_conditions.extend([user.picture] * min(real, s.grid_images))
     if compiled is None:  # Compiled ahead, so the tokens/s below time sampling alone.
       compiled = draw_tokens.lower(params, *inputs).compile()
     jax.block_until_ready(inputs)
@@ -225,14 +303,16 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str, step: int | N
     storage.save_png(storage.join(out_dir, "grid.png"),
                      image_utils.image_grid(_tile(preview, per_row)))
     if preview_conditions:  # Which eval image conditioned each sample: above it.
-      conditions = _tile(np.stack(preview_conditions), per_row)
+      condition_rows = _tile(np.stack(preview_conditions), per_row)
       storage.save_png(storage.join(out_dir, "conditions.png"), image_utils.image_grid(
-          [row for pair in zip(conditions, _tile(preview, per_row)) for row in pair]))
+          [row for pair in zip(condition_rows, _tile(preview, per_row)) for row in pair]))
 
   result = {"step": step, "num_samples": s.num_samples, "grid_shape": list(big_grid),
             "use_cache": bool(s.use_cache), **_options(config),
             "labels": None if classes is None else [classes[i % len(classes)]
                                                     for i in range(s.num_samples)],
+            "condition": None if user is None else user.description,
+            "captions": captions or None,
             "tokens_per_second": tokens_drawn / elapsed if elapsed else None,
             "devices": mesh.size, "processes": jax.process_count()}
   if s.completion > 0:
@@ -269,8 +349,9 @@ def _complete(config, model, params, tokenizers, grid, out_dir, replicated) -> s
   mask[grid[0] // 2:] = True
   mask = jax.device_put(np.broadcast_to(mask.reshape(-1), tokens.shape), replicated)
   cond = None
-  if config.conditioning == "class":
-    cond = jax.device_put(examples["label"].astype(np.int32), replicated)
+  if config.conditioning != "none":  # Each image completed under its own condition.
+    batch = jax.device_put({k: jnp.asarray(v) for k, v in examples.items()}, replicated)
+    cond = jax.jit(lambda p, b: tokenizers.conditioning(config, p, b))(tokenizers.params, batch)
   completed = samplers.complete(model, params, jax.random.PRNGKey(config.sample.seed + 1),
                                 tokens, mask, cond=cond, **_options(config))
   decoded = jax.jit(tokenizers.decode)(tokenizers.params, completed.reshape(n, *grid))

@@ -10,7 +10,8 @@ with an all-True mask equals `sample`. `rng` is one key for the whole batch, or 
 does not depend on which batch, device or host draws it (`--mode=sample` keys row i of a run with
 `fold_in(seed_key, i)`).
 
-Per token: guided logits (classifier-free guidance, class-conditional models only), divided by
+Per token: guided logits (classifier-free guidance: models with a null condition, the null label
+or the empty caption), divided by
 the temperature, filtered to the top-k and then the nucleus, drawn. temperature 0 is argmax.
 """
 import functools
@@ -153,9 +154,9 @@ def _decoding(model: Transformer, temperature: float, top_k: int, top_p: float,
     raise ValueError(f'Need temperature >= 0, 0 <= top_k <= vocab_size={model.vocab_size} and '
                      f'0 < top_p <= 1; got {temperature}, {top_k}, {top_p}.')
   guided = guidance_scale != 1.0
-  if guided and model.num_classes == 0:
-    raise ValueError('Classifier-free guidance (guidance_scale != 1) needs a class-conditional '
-                     'model (num_classes > 0).')
+  if guided and not model.has_null_condition:
+    raise ValueError('Classifier-free guidance (guidance_scale != 1) needs a model with a null '
+                     'condition (class labels or captions).')
   top_k = int(top_k) if top_k < model.vocab_size else 0  # k = vocab keeps everything.
   decoding = _Decoding(greedy=temperature == 0, top_k=top_k, nucleus=top_p < 1.0, guided=guided)
   knobs = {name: jnp.asarray(value, jnp.float32) for name, value in
@@ -217,8 +218,7 @@ class _Prior:
 
   def _cond(self, cond: jax.Array | None) -> jax.Array | None:
     cond = self.cond if cond is None else cond
-    return jnp.concatenate([cond, jnp.full_like(cond, self.model.num_classes)]) if (
-        self.guided) else cond
+    return jnp.concatenate([cond, self.model.null_condition(cond)]) if self.guided else cond
 
   def _merge(self, logits: jax.Array) -> jax.Array:
     if not self.guided:

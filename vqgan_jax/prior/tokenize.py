@@ -55,9 +55,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if config.data.source == "codes":
     raise ValueError("--mode=tokenize reads images: set config.data.source to the image source "
                      "('embedded', 'folder' or 'tfds'), not 'codes'.")
-  if config.conditioning == "image":
+  if config.conditioning not in ("none", "class"):
     raise ValueError("--mode=tokenize supports config.conditioning 'none' and 'class' for now; "
-                     "train an 'image'-conditioned prior from images.")
+                     f"train a {config.conditioning!r}-conditioned prior from images.")
   code_images.validate_augmentations(config.tokenize.augmentations)
   if config.tokenize.shard_size <= 0:
     raise ValueError(f"config.tokenize.shard_size={config.tokenize.shard_size} must be positive.")

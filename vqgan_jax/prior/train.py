@@ -25,7 +25,7 @@ import optax
 from vqgan_jax.data import input_pipeline
 from vqgan_jax.prior.config import validate_prior_config
 from vqgan_jax.prior.frozen_tokenizers import Tokenizers, load_tokenizers
-from vqgan_jax.prior import tokenize
+from vqgan_jax.prior import conditions, tokenize
 from vqgan_jax.prior.model import build_model, token_grid
 from vqgan_jax.runtime import checkpoints, host_data, images as image_utils, nonfinite
 from vqgan_jax.runtime import optimizers, sharding, training_loop
@@ -92,6 +92,8 @@ def prior_step(state: PriorState, batch: dict[str, jax.Array], tok_params: Any, 
   if config.conditioning == "class" and config.label_dropout > 0:
     dropped = jax.random.bernoulli(label_rng, config.label_dropout, cond.shape)
     cond = jnp.where(dropped, num_classes, cond)
+  if config.conditioning == "text" and config.caption_dropout > 0:
+    cond = conditions.drop_captions(cond, config.caption_dropout, label_rng)
 
   def loss_fn(params):
     nll, correct = token_loss(model, params, inputs, cond, train=True, rng=dropout_rng,
@@ -123,8 +125,8 @@ def eval_sums(params, tok_params, batch, *, config, tokenizers: Tokenizers, mode
   mask = batch["mask"].astype(jnp.float32)[:, None]
   sums = {"nll": jnp.sum(nll * mask), "correct": jnp.sum(correct * mask),
           "tokens": jnp.sum(mask * jnp.ones_like(nll))}
-  if config.conditioning == "class":  # What the codec pays: it codes with the null label.
-    null = jnp.full_like(cond, model.num_classes)
+  if model.has_null_condition:  # Without the condition (the codec codes with the null label).
+    null = model.null_condition(cond)
     sums["nll_null"] = jnp.sum(token_loss(model, params, targets, null, train=False)[0] * mask)
   return sums
 
@@ -137,7 +139,9 @@ def eval_metrics(total: dict[str, Any], grid: tuple[int, int], image_size) -> di
   nll = float(total["nll"] / total["tokens"])
   tokens_per_pixel = grid[0] * grid[1] / math.prod(input_pipeline.crop_shape(image_size))
   codec_nll = float(total.get("nll_null", total["nll"]) / total["tokens"])
-  return {"eval/loss": nll, "eval/bits_per_token": nll / math.log(2.0),
+  null = {"eval/bits_per_token_null_condition": codec_nll / math.log(2.0)} if (
+      "nll_null" in total) else {}
+  return {"eval/loss": nll, "eval/bits_per_token": nll / math.log(2.0), **null,
           "eval/bits_per_pixel": nll / math.log(2.0) * tokens_per_pixel,
           "eval/codec_bits_per_pixel": codec_nll / math.log(2.0) * tokens_per_pixel,
           "eval/accuracy": float(total["correct"] / total["tokens"])}
@@ -158,18 +162,20 @@ class PriorSampler:
                                      temperature=config.sample.temperature,
                                      top_k=config.sample.top_k, top_p=config.sample.top_p)
     self._decode = jax.jit(tokenizers.decode)
-    self._cond_images = None
-    if config.conditioning == "image":  # Low-resolution copies of eval images condition samples.
+    self._examples = None
+    if conditions.is_tokenized(config) or config.conditioning == "text":
+      # The conditions of the first eval examples (their low-res copy, label map, edges,
+      # drawing or caption) condition the samples.
       examples = input_pipeline.first_eval_examples(config, self._n)
-      self._cond_images = jnp.asarray(examples["image"])
-      self._n = len(self._cond_images)
+      self._examples = {k: jnp.asarray(v) for k, v in examples.items()}
+      self._n = len(examples["image"])
       self._sample = functools.partial(self._sample, batch_size=self._n)
-      self._cond_codes = jax.jit(tokenizers.cond_codes)
+      self._conditioning = jax.jit(functools.partial(tokenizers.conditioning, config))
 
   def grid(self, params, tok_params, rng) -> np.ndarray:
     cond = self._cond
-    if self._cond_images is not None:
-      cond = self._cond_codes(tok_params, self._cond_images)
+    if self._examples is not None:
+      cond = self._conditioning(tok_params, self._examples)
     tokens = self._sample(params, rng, cond=cond)
     images = self._decode(tok_params, tokens.reshape(-1, *self._grid))
     return image_utils.image_grid([image_utils.to_uint8(np.asarray(jax.device_get(images)))])
@@ -192,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Prior
   cond_example = None
   if config.conditioning == "class":
     cond_example = jnp.zeros((1,), jnp.int32)
-  elif config.conditioning == "image":
+  elif model.cond_len > 0:
     cond_example = jnp.zeros((1, model.cond_len), jnp.int32)
   init = functools.partial(init_state, config=config, model=model, tx=tx,
                            tokens_shape=(1, grid[0] * grid[1]), cond_example=cond_example)
