@@ -152,6 +152,11 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.data.num_segmentation_classes must be <= 256 (8-bit label PNGs).")
   if "caption" in features and data.caption_length < 1:
     raise ValueError(f"config.data.caption_length={data.caption_length} must be >= 1.")
+  stored = sorted(set(features) - {"edges"})
+  if stored and data.source == "tfds":
+    raise ValueError(f"config.data.source='tfds' does not read {stored} conditions yet; use "
+                     "config.data.source='folder' (maps and captions beside the images, see "
+                     "vqgan_jax.data.condition_files) or 'embedded' (derived).")
   if features and data.source == "codes":
     raise ValueError(f"config.data.source='codes' holds no {features} conditions; train from "
                      "the image source.")

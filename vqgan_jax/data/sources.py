@@ -303,9 +303,4 @@ def make_source(data: ml_collections.ConfigDict, settings: Settings):
   if data.source == "folder":
     return FolderSource(folder.scan(data.folder, data.train_split, data.eval_split,
                                     data.folder_eval_fraction), settings, data)
-  stored = sorted(set(settings.features) - {"edges"})
-  if stored:
-    raise ValueError(f"config.data.source='tfds' does not read {stored} conditions yet; use "
-                     "config.data.source='folder' (maps and captions beside the images, see "
-                     "vqgan_jax.data.condition_files) or 'embedded' (derived).")
   return TfdsSource(tfds_data.prepared_builder(data, settings.process_count), data, settings)
