@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 
 import ml_collections
 import numpy as np
@@ -48,7 +49,12 @@ def load(config: ml_collections.ConfigDict) -> UserCondition:
                        "config.sample.condition.")
     if not s.prompt.strip():
       raise ValueError("config.sample.prompt is empty; give the caption to draw from.")
-    tokens = text.encode(" ".join(s.prompt.split()), config.data.caption_length)
+    prompt = " ".join(s.prompt.split())
+    if len(prompt.encode("utf-8")) > config.data.caption_length:
+      logging.warning("config.sample.prompt is %d bytes; the prior reads its first %d "
+                      "(config.data.caption_length).", len(prompt.encode("utf-8")),
+                      config.data.caption_length)
+    tokens = text.encode(prompt, config.data.caption_length)
     from vqgan_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     return UserCondition({"caption": tokens[None]},
                          input_pipeline.crop_shape(config.data.image_size), None,
