@@ -8,8 +8,26 @@
 The labels of the embedded photos are their photo indices, so each class is "a crop of photo k".
 `:test` is the shrunken variant the tests use (with `--config.tokenizer_workdir` set to a test
 tokenizer trained by `configs/tiny.py:test`).
+
+`:KIND` trains the same prior under another conditioning (`vqgan_jax.prior.conditions`), each on
+the embedded photos with conditions derived from their pixels:
+  none          unconditional (the reference for the bits per token of the others);
+  low_res       the 8x8 copy of the crop, tokenized by `configs/tiny.py:low_res` (workdirs/tiny_low_res);
+  segmentation  the crop's 8-colour label map, by `configs/tiny_segmentation.py`
+                (workdirs/tiny_segmentation);
+  edges         the crop's edge map, by `configs/tiny.py:edges` (workdirs/tiny_edges);
+  sketch        the crop's pseudo-drawing, by `configs/tiny.py:sketch` (workdirs/tiny_sketch);
+  text          the crop's caption ("a bright orange crop of a cat photo"), 10% dropped.
+Then sample from your own condition, e.g.
+    python -m vqgan_jax.main --config=configs/tiny_prior.py:segmentation \
+        --workdir=workdirs/tiny_prior_segmentation --mode=sample --config.sample.condition=map.png
+    python -m vqgan_jax.main --config=configs/tiny_prior.py:text --workdir=workdirs/tiny_prior_text \
+        --mode=sample --config.sample.prompt="a bright blue crop of a flower photo"
 """
 from vqgan_jax.prior.config import base_prior_config
+
+CONDITIONED = ("none", "low_res", "segmentation", "edges", "sketch", "text")
+NUM_SEGMENTATION_CLASSES = 8  # As configs/tiny_segmentation.py.
 
 
 def get_config(variant: str = ""):
@@ -42,6 +60,14 @@ def get_config(variant: str = ""):
     config.optimizer.update(dict(warmup_steps=1))
     config.data.image_size = 16
     config.sample.update(dict(num_samples=3, batch_size=2))
+  elif variant in CONDITIONED:
+    config.conditioning = variant
+    config.sample.guidance_scale = 1.5 if variant == "text" else 1.0
+    if variant not in ("none", "text"):
+      config.cond_tokenizer_workdir = f"workdirs/tiny_{variant}"
+    config.data.num_segmentation_classes = NUM_SEGMENTATION_CLASSES
+    config.data.caption_length = 48
   elif variant:
-    raise ValueError(f"Unknown variant {variant!r} of configs/tiny_prior.py; use '' or 'test'.")
+    raise ValueError(f"Unknown variant {variant!r} of configs/tiny_prior.py; use '', 'test' or "
+                     f"one of {CONDITIONED}.")
   return config

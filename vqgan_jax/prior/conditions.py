@@ -76,8 +76,12 @@ def pictures(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray]
   the image a low-res copy is made of, the coloured label map, the edge map or the drawing."""
   from vqgan_jax.runtime import images as image_utils  # pylint: disable=g-import-not-at-top
   k = kind(config)
-  if k == "low_res":
-    return image_utils.to_uint8(batch["image"])
+  if k == "low_res":  # The low-resolution copy, shown at the image's size.
+    d = config.cond_downsample
+    images = np.asarray(batch["image"], np.float32)
+    b, h, w, c = images.shape
+    small = images.reshape(b, h // d, d, w // d, d, c).mean(axis=(2, 4))
+    return image_utils.to_uint8(small.repeat(d, 1).repeat(d, 2))
   if k == "segmentation":
     from vqgan_jax.tokenizer import modality  # pylint: disable=g-import-not-at-top
     return np.asarray(modality.colorize(batch["segmentation"],

@@ -25,8 +25,8 @@ caption, made as in training; every host reads the eval examples in order, one b
 or every sample on the user's `config.sample.condition` file / `config.sample.prompt`
 (`vqgan_jax.prior.user_conditions`); a condition larger than the training size gives larger
 samples through the sliding window, the condition's code grid cropped with each window.
-`conditions.png` shows the first grid's conditions above their samples; samples.json lists the
-captions.
+`conditions.png` shows the first grid's conditions above their samples (and, for eval
+conditions, the eval image below each); samples.json lists the captions.
 """
 from __future__ import annotations
 
@@ -253,7 +253,7 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str, step: int | N
   captions = [text.decode(user.batch["caption"][0])] if user and "caption" in user.batch else []
 
   running = fid.RunningStats() if inception_params is not None else None
-  preview, preview_conditions, written = [], [], []
+  preview, preview_conditions, preview_originals, written = [], [], [], []
   compiled, elapsed, tokens_drawn = None, 0.0, 0
   for start in range(0, s.num_samples, rows):
     indices = np.arange(start, start + rows)
@@ -267,14 +267,18 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str, step: int | N
       inputs.append(conditioning(tokenizers.params, {
           k: sharding.shard_host_batch(v, mesh) for k, v in examples.items()}))
       pictures = conditions.pictures(config, examples)
-      if writes and pictures is not None and len(preview_conditions) < s.grid_images:
-        preview_conditions.extend(pictures[:real])
+      room = min(real, s.grid_images - len(preview_originals))
+      if writes and room > 0:
+        if pictures is not None:
+          preview_conditions.extend(pictures[:room])
+        preview_originals.extend(image_utils.to_uint8(examples["image"][:room]))
       if "caption" in examples:
         captions.extend(text.decode(t) for t in examples["caption"][:real])
     elif user_rows is not None:
       inputs.append(user_rows)
-      if writes and user.picture is not None and len(preview_conditions) < s.grid_images:
-        preview_conditions.extend([user.picture] * min(real, s.grid_images))
+      room = min(real, s.grid_images - len(preview_conditions))
+      if writes and user.picture is not None and room > 0:
+        preview_conditions.extend([user.picture] * room)
     if compiled is None:  # Compiled ahead, so the tokens/s below time sampling alone.
       compiled = draw_tokens.lower(params, *inputs).compile()
     jax.block_until_ready(inputs)
@@ -302,10 +306,14 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str, step: int | N
     per_row = int(np.ceil(np.sqrt(len(preview))))
     storage.save_png(storage.join(out_dir, "grid.png"),
                      image_utils.image_grid(_tile(preview, per_row)))
-    if preview_conditions:  # Which eval image conditioned each sample: above it.
-      condition_rows = _tile(np.stack(preview_conditions), per_row)
+    # Each sample between its condition (above) and the eval image it came from (below).
+    groups = [_tile(np.stack(p), per_row) for p in (preview_conditions, preview_originals) if p]
+    if groups:
+      sample_rows = _tile(preview, per_row)
+      parts = [groups[0], sample_rows] + groups[1:] if preview_conditions else [sample_rows,
+                                                                                 *groups]
       storage.save_png(storage.join(out_dir, "conditions.png"), image_utils.image_grid(
-          [row for pair in zip(condition_rows, _tile(preview, per_row)) for row in pair]))
+          [row for rows in zip(*parts) for row in rows]))
 
   result = {"step": step, "num_samples": s.num_samples, "grid_shape": list(big_grid),
             "use_cache": bool(s.use_cache), **_options(config),
