@@ -43,7 +43,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from vqgan_jax.data import input_pipeline, text
 from vqgan_jax.metrics import fid
 from vqgan_jax.models.autoencoder import downsampling_factor
-from vqgan_jax.prior import conditions, samplers, user_conditions
+from vqgan_jax.prior import condition_agreement, conditions, samplers, user_conditions
 from vqgan_jax.prior.frozen_tokenizers import load_tokenizers
 from vqgan_jax.prior.model import build_model, token_grid
 from vqgan_jax.runtime import checkpoints, images as image_utils, sharding, storage
@@ -251,6 +251,10 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str, step: int | N
     user_rows = _user_rows(config, tokenizers, model, user, big_grid, grid, rows, mesh,
                            replicated)
   captions = [text.decode(user.batch["caption"][0])] if user and "caption" in user.batch else []
+  agreement = None
+  if condition_agreement.measurable(config):
+    num_seg = config.data.num_segmentation_classes
+    agreement = np.zeros((num_seg, num_seg), np.int64)
 
   running = fid.RunningStats() if inception_params is not None else None
   preview, preview_conditions, preview_originals, written = [], [], [], []
@@ -293,6 +297,11 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str, step: int | N
     keep = local_indices < s.num_samples
     for index, image in zip(local_indices[keep], local_images[keep]):
       storage.save_png(storage.join(out_dir, f"sample_{index:05d}.png"), image)
+    if agreement is not None:  # This host's samples against their label maps.
+      maps = (examples["segmentation"][local_indices[keep] - start] if user is None else
+              np.broadcast_to(user.batch["segmentation"], (int(keep.sum()),) + user.image_hw))
+      agreement += condition_agreement.confusion(
+          maps, condition_agreement.segment(local_images[keep], num_seg), num_seg)
     written.extend(local_indices[keep].tolist())
     if running is not None:
       feature_rows, local_features = sharding.local_rows(batch_features)
@@ -323,6 +332,8 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str, step: int | N
             "captions": captions or None,
             "tokens_per_second": tokens_drawn / elapsed if elapsed else None,
             "devices": mesh.size, "processes": jax.process_count()}
+  if agreement is not None:
+    result["condition_miou"] = condition_agreement.miou(sharding.sum_over_hosts([agreement])[0])
   if s.completion > 0:
     result["completion"] = _complete(config, model, params, tokenizers, grid, out_dir, replicated)
   if s.fid:
