@@ -10,7 +10,8 @@ TINY_QUANTIZERS = ("taming", "cosine_lowdim", "ema", "cosine_lowdim_restart",
                    "cosine_lowdim_restart_entropy_low", "fsq", "lfq")
 TOKENIZER_CONFIGS = [("tiny", ""), ("tiny", "test"), ("imagenet", ""), ("imagenet", "shrink"),
                      ("taming_f16", "1024"),
-                     ("taming_f16", "16384")] + [("tiny", q) for q in TINY_QUANTIZERS]
+                     ("taming_f16", "16384"), ("tiny_segmentation", ""),
+                     ("tiny_segmentation", "test")] + [("tiny", q) for q in TINY_QUANTIZERS]
 PRIOR_CONFIGS = [("tiny_prior", ""), ("tiny_prior", "test"), ("imagenet_prior", "")]
 
 
@@ -18,6 +19,7 @@ PRIOR_CONFIGS = [("tiny_prior", ""), ("tiny_prior", "test"), ("imagenet_prior", 
 def test_tokenizer_configs_are_consistent(name, variant):
   config = load_config(name, variant)
   assert config.get("stage", "tokenizer") == "tokenizer"
+  tokenizer_config.validate_modality_config(config)
   tokenizer_config.validate_model_config(config.model, config.data.image_size)
   tokenizer_config.validate_eval_config(config)
   tokenizer_config.validate_quantizer_config(config.model, config.loss)

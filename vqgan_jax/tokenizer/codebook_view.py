@@ -20,16 +20,19 @@ import ml_collections
 import numpy as np
 
 from vqgan_jax.models.autoencoder import downsampling_factor
-from vqgan_jax.runtime import host_data, images as image_utils, sharding, storage, trainer_config
+from vqgan_jax.runtime import checkpoints, host_data, sharding, storage, trainer_config
 from vqgan_jax.tokenizer import evaluate
+from vqgan_jax.tokenizer.config import validate_saved_modality
+from vqgan_jax.tokenizer.modality import to_pictures
 from vqgan_jax.tokenizer.load import restore_tokenizer
 
 MIN_TILE_PIXELS = 16
 DECODE_BATCH = 64
 
 
-def decode_every_code(model, variables, order: np.ndarray) -> np.ndarray:
-  """uint8 (K, s, s, 3) images of the codes in `order`, each decoded from a constant map."""
+def decode_every_code(model, variables, order: np.ndarray, modality: str = "image") -> np.ndarray:
+  """uint8 (K, s, s, 3) images of the codes in `order`, each decoded from a constant map
+  (for a segmentation tokenizer, its coloured argmax label map)."""
   factor = downsampling_factor(model.ch_mult)
   tile = max(1, math.ceil(MIN_TILE_PIXELS / factor))
   decode = jax.jit(lambda v, idx: model.apply(v, idx, method="decode_indices"))
@@ -40,7 +43,7 @@ def decode_every_code(model, variables, order: np.ndarray) -> np.ndarray:
     padded = np.concatenate([codes, np.full(DECODE_BATCH - len(codes), codes[0])])
     maps = jnp.asarray(np.broadcast_to(padded[:, None, None], (DECODE_BATCH, size, size)))
     pixels = np.asarray(decode(variables, maps))[:len(codes), factor:-factor, factor:-factor]
-    images.append(image_utils.to_uint8(pixels))
+    images.append(to_pictures(pixels, modality))
   return np.concatenate(images)
 
 
@@ -79,9 +82,10 @@ def visualize_codebook(config: ml_collections.ConfigDict, workdir: str,
   """Counts code usage on the eval split and writes the code atlas and the histogram."""
   mesh = sharding.create_mesh()
   trainer_config.validate_batch_and_data(config, mesh)
+  validate_saved_modality(config, checkpoints.read_config(workdir), workdir)
   model, variables, step = restore_tokenizer(workdir, step, sharding=sharding.replicated(mesh))
   params = variables["params"]
-  evaluation = evaluate.Evaluation(model, ("codebook",), mesh)
+  evaluation = evaluate.Evaluation(model, ("codebook",), mesh, modality=config.modality)
   results = evaluation.run(params, host_data.eval_batches(config))
   histogram = evaluation.evaluators["codebook"].histogram
   order = np.argsort(-histogram, kind="stable")
@@ -92,7 +96,7 @@ def visualize_codebook(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() != 0:
     return summary
   out_dir = storage.join(workdir, "codebook")
-  atlas = tile_images(decode_every_code(model, variables, order),
+  atlas = tile_images(decode_every_code(model, variables, order, config.modality),
                       columns=math.ceil(math.sqrt(len(order))))
   storage.save_png(storage.join(out_dir, f"codes_{step}.png"), atlas)
   plot_usage(histogram, storage.join(out_dir, f"usage_{step}.png"),

@@ -16,7 +16,7 @@ from vqgan_jax.models.group_norm import GroupNorm
 from vqgan_jax.models.quantizer import CODEBOOK_INITS
 from vqgan_jax.models.scalar_quantizers import LFQ_ENTROPIES
 from vqgan_jax.runtime import storage, trainer_config
-from vqgan_jax.tokenizer import losses
+from vqgan_jax.tokenizer import losses, modality
 
 QUANTIZER_TYPES = ("vq", "fsq", "lfq", "none")  # none: continuous (the ceiling row).
 
@@ -24,8 +24,12 @@ QUANTIZER_TYPES = ("vq", "fsq", "lfq", "none")  # none: continuous (the ceiling 
 def base_config() -> ml_collections.ConfigDict:
   """All tokenizer fields with defaults (taming's f16 recipe where taming has one)."""
   config = trainer_config.base_trainer_config()
+  # What the tokenizer encodes (vqgan_jax.tokenizer.modality): 'image' | 'edges' | 'sketch' |
+  # 'segmentation' (one-hot label maps of config.data.num_segmentation_classes classes).
+  config.modality = "image"
   # Evaluators (vqgan_jax.tokenizer.evaluators): 'reconstruction' (l1, lpips, psnr, ssim),
-  # 'codebook' (codebook_usage, perplexity, unused_codes), 'rfid'.
+  # 'codebook' (codebook_usage, perplexity, unused_codes), 'rfid'; for segmentation
+  # 'segmentation' (pixel_accuracy, miou) and 'codebook'.
   config.eval_metrics = ("reconstruction", "codebook", "rfid")
   # Generator EMA decay (evaluation and `load_tokenizer` use the EMA weights); 0 disables it.
   config.ema_decay = 0.0
@@ -72,13 +76,13 @@ def base_config() -> ml_collections.ConfigDict:
   # PatchGAN depth and width.
   config.discriminator = ml_collections.ConfigDict(dict(num_layers=3, ndf=64))
   config.loss = ml_collections.ConfigDict(dict(
-      reconstruction="l1",  # 'l1' | 'l2'.
+      reconstruction="l1",  # 'l1' | 'l2'; segmentation: 'bce' (taming's) | 'cross_entropy'.
       perceptual_weight=1.0,  # LPIPS-VGG weight in the nll.
       codebook_weight=1.0,  # Weight of the quantizer loss.
       gan_loss="hinge",  # 'hinge' | 'vanilla' | 'non_saturating'.
       disc_weight=0.8,  # Times the adaptive weight (or alone with adaptive_weight=False).
       adaptive_weight=True,  # taming's lambda = |grad nll| / |grad g| at conv_out.
-      disc_factor=1.0,
+      disc_factor=1.0,  # 0: no GAN (the discriminator never runs).
       disc_start=250_001,  # Step at which the GAN loss reaches the generator.
       disc_train_start=-1,  # Step at which the discriminator learns (-1: disc_start, as taming).
       lecam_weight=0.0,  # LeCAM regularisation of the discriminator (0: off; 0.001 MAGVIT-v2).
@@ -184,13 +188,65 @@ def validate_quantizer_config(model: ml_collections.ConfigDict, loss=None) -> No
                        f"{losses.ENTROPY_SCHEDULES}.")
 
 
+def validate_modality_config(config: ml_collections.ConfigDict,
+                             model: ml_collections.ConfigDict | None = None) -> None:
+  """`config.modality` is known and matches the model's channels and the loss: a label map
+  has K one-hot channels in and K logits out and trains without LPIPS or GAN (taming's
+  VQSegmentationModel); images, edge maps and drawings are RGB and train as the VQGAN."""
+  model = config.model if model is None else model
+  kind = config.modality
+  if kind not in modality.MODALITIES:
+    raise ValueError(f"config.modality={kind!r}; use one of {modality.MODALITIES}.")
+  recon = config.loss.reconstruction
+  if kind != "segmentation":
+    if (model.in_channels, model.out_ch) != (3, 3):
+      raise ValueError(f"config.modality={kind!r} encodes RGB: set --config.model.in_channels=3 "
+                       f"and --config.model.out_ch=3 (got {model.in_channels}, {model.out_ch}).")
+    if recon in losses.SEGMENTATION_LOSSES:
+      raise ValueError(f"config.loss.reconstruction={recon!r} is a label-map loss; with "
+                       f"config.modality={kind!r} use one of {losses.IMAGE_LOSSES}.")
+    return
+  classes = config.data.get("num_segmentation_classes", 0)
+  if classes < 2:
+    raise ValueError(f"config.modality='segmentation' needs config.data.num_segmentation_classes "
+                     f">= 2 (got {classes}); set it to the number of class ids of the label maps.")
+  if model.in_channels != classes or model.out_ch != classes:
+    raise ValueError(f"config.modality='segmentation' with {classes} classes encodes one-hot maps "
+                     f"into {classes} logits: set --config.model.in_channels={classes} and "
+                     f"--config.model.out_ch={classes} (got {model.in_channels}, {model.out_ch}).")
+  if recon not in losses.SEGMENTATION_LOSSES:
+    raise ValueError(f"config.loss.reconstruction={recon!r} with config.modality="
+                     f"'segmentation'; use one of {losses.SEGMENTATION_LOSSES} ('bce' is taming's).")
+  if config.loss.perceptual_weight != 0 or config.loss.disc_factor != 0:
+    raise ValueError("config.modality='segmentation' trains without LPIPS and GAN (taming's "
+                     "VQSegmentationModel): set --config.loss.perceptual_weight=0 and "
+                     f"--config.loss.disc_factor=0 (got {config.loss.perceptual_weight}, "
+                     f"{config.loss.disc_factor}).")
+
+
+def validate_saved_modality(config: ml_collections.ConfigDict, saved: dict, workdir: str) -> None:
+  """A restored tokenizer (its WORKDIR/config.json `saved`) is evaluated on what it encodes."""
+  trained_on = saved.get("modality", "image")
+  if trained_on != config.modality:
+    raise ValueError(f"{workdir} was trained with modality={trained_on!r}; evaluate it with "
+                     f"--config.modality={trained_on} (got {config.modality!r}).")
+  validate_modality_config(config, ml_collections.ConfigDict(saved["model"]))
+
+
 def validate_eval_config(config: ml_collections.ConfigDict) -> None:
-  """Known evaluator names and an existing reference-statistics file."""
+  """Known evaluator names that apply to the modality, and an existing reference-statistics
+  file."""
   from vqgan_jax.tokenizer import evaluators  # pylint: disable=g-import-not-at-top
   unknown = [n for n in config.eval_metrics if n not in evaluators.EVALUATORS]
   if unknown:
     raise ValueError(f"config.eval_metrics has unknown evaluator(s) {unknown}; choose from "
                      f"{sorted(evaluators.EVALUATORS)}.")
+  kind = config.get("modality", "image")
+  allowed = evaluators.for_modality(kind)
+  wrong = [n for n in config.eval_metrics if n not in allowed]
+  if wrong:
+    raise ValueError(f"config.eval_metrics {wrong} do not apply to config.modality={kind!r}; "
+                     f"use some of {allowed}, e.g. --config.eval_metrics=\"{allowed}\".")
   path = config.fid_reference_stats
   if path and not storage.exists(path):
     raise ValueError(f"config.fid_reference_stats={config.fid_reference_stats!r} does not exist; "
@@ -199,6 +255,7 @@ def validate_eval_config(config: ml_collections.ConfigDict) -> None:
 
 def validate_tokenizer_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
   """Every check of the tokenizer trainer; raises ValueError with a fix."""
+  validate_modality_config(config)
   trainer_config.validate_trainer_config(config, mesh)
   if config.loss.reconstruction not in losses.RECONSTRUCTION_LOSSES:
     raise ValueError(f"config.loss.reconstruction={config.loss.reconstruction!r}; use one of "

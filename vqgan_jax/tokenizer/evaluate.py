@@ -25,7 +25,9 @@ import numpy as np
 from vqgan_jax.runtime import checkpoints, host_data, images as image_utils, metric_writer
 from vqgan_jax.runtime import sharding, storage, trainer_config
 from vqgan_jax.tokenizer import evaluators
-from vqgan_jax.tokenizer.config import validate_eval_config, validate_model_config
+from vqgan_jax.tokenizer.config import (validate_eval_config, validate_model_config,
+                                        validate_saved_modality)
+from vqgan_jax.tokenizer.modality import gather_pictures, model_input
 from vqgan_jax.tokenizer.load import restore_tokenizer
 
 GRID_IMAGES = 8
@@ -34,14 +36,16 @@ GRID_IMAGES = 8
 class Evaluation:
   """The model and the configured metrics as one jitted step, over any stream of eval batches."""
 
-  def __init__(self, model, metric_names: Iterable[str], mesh, *, reference_stats: str = ""):
+  def __init__(self, model, metric_names: Iterable[str], mesh, *, reference_stats: str = "",
+               modality: str = "image"):
     self._mesh = mesh
     metric_names = tuple(metric_names)
     continuous = getattr(model, "quantizer_type", "vq") == "none"
     if continuous:  # No codes: no usage to count.
       metric_names = tuple(n for n in metric_names if n != "codebook")
     self.evaluators, self.unavailable = evaluators.make_evaluators(
-        metric_names, codebook_size=model.codebook_size, reference_stats=reference_stats)
+        metric_names, codebook_size=model.codebook_size, reference_stats=reference_stats,
+        num_classes=model.out_ch)
     for key, reason in self.unavailable.items():
       logging.warning("Metric %r is not computed: %s", key, reason)
     replicated = sharding.replicated(mesh)
@@ -49,7 +53,8 @@ class Evaluation:
         {name: e.constants for name, e in self.evaluators.items()}, replicated)
 
     def step(params, constants, batch):
-      images, mask = batch["image"], batch["mask"].astype(jnp.float32)
+      images = model_input(batch, modality, model.in_channels)
+      mask = batch["mask"].astype(jnp.float32)
       recon, qout = model.apply({"params": params}, images)
       recon = recon.astype(jnp.float32)
       outputs = {name: e.device_fn(constants[name], images, recon, qout.indices, mask)
@@ -57,11 +62,13 @@ class Evaluation:
       return outputs, mask, recon
 
     self._step = jax.jit(step, out_shardings=(replicated, replicated, sharding.batch_sharding(mesh)))
+    self._inputs = jax.jit(lambda batch: model_input(batch, modality, model.in_channels))
 
   def run(self, params, batches: Iterable[dict[str, np.ndarray]],
           on_first_batch: Callable[[jax.Array, jax.Array], None] | None = None
           ) -> dict[str, float | None]:
-    """Metrics over all `batches` (host-local, with `mask`), plus `num_images`."""
+    """Metrics over all `batches` (host-local, with `mask`), plus `num_images`.
+    `on_first_batch(inputs, recon)` sees the first global batch in model space."""
     for e in self.evaluators.values():
       e.reset()
     params = _on_mesh(params, self._mesh)
@@ -78,7 +85,7 @@ class Evaluation:
       with jax.set_mesh(self._mesh):  # The chunked code search runs per device.
         outputs, mask, recon = self._step(params, self._constants, global_batch)
       if i == 0 and on_first_batch is not None:
-        on_first_batch(global_batch["image"], recon)
+        on_first_batch(self._inputs(global_batch), recon)
       if pending is not None:  # Read the previous batch while this one computes.
         num_images += consume(pending)
       pending = (outputs, mask)
@@ -111,7 +118,8 @@ class TrainingEvaluator:
   def __init__(self, config: ml_collections.ConfigDict, model, mesh):
     self._config = config
     self._evaluation = Evaluation(model, config.eval_metrics, mesh,
-                                  reference_stats=config.fid_reference_stats)
+                                  reference_stats=config.fid_reference_stats,
+                                  modality=config.modality)
 
   def evaluate(self, params) -> dict[str, float]:
     batches = host_data.eval_batches(self._config, self._config.num_eval_images)
@@ -119,10 +127,11 @@ class TrainingEvaluator:
     return {f"eval/{k}": v for k, v in results.items() if v is not None}
 
 
-def _grid_saver(path: str) -> Callable[[jax.Array, jax.Array], None]:
-  def save(images, recon):
-    originals = image_utils.to_uint8(sharding.gather_to_host(images)[:GRID_IMAGES])
-    recons = image_utils.to_uint8(sharding.gather_to_host(recon)[:GRID_IMAGES])
+def _grid_saver(path: str, modality: str) -> Callable[[jax.Array, jax.Array], None]:
+  """Saves the first inputs above their reconstructions (label maps in colour)."""
+  def save(inputs, recon):
+    originals = gather_pictures(inputs, modality)[:GRID_IMAGES]
+    recons = gather_pictures(recon, modality)[:GRID_IMAGES]
     if jax.process_index() == 0:
       storage.save_png(path, image_utils.image_grid([originals, recons]))
   return save
@@ -138,8 +147,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   trainer_config.validate_batch_and_data(config, mesh)
   validate_eval_config(config)
   model, variables, step = restore_tokenizer(workdir, step, sharding=sharding.replicated(mesh))
-  saved_model = ml_collections.ConfigDict(checkpoints.read_config(workdir)["model"])
+  saved = checkpoints.read_config(workdir)
+  saved_model = ml_collections.ConfigDict(saved["model"])
   validate_model_config(saved_model, config.data.image_size)
+  validate_saved_modality(config, saved, workdir)
   if saved_model.to_dict() != ml_collections.ConfigDict(config.model.to_dict()).to_dict():
     logging.info("Evaluating the architecture stored in %s/config.json (--config.model is only "
                  "used for training).", workdir)
@@ -147,9 +158,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 
   out_dir = storage.join(workdir, "eval")
   evaluation = Evaluation(model, config.eval_metrics, mesh,
-                          reference_stats=config.fid_reference_stats)
+                          reference_stats=config.fid_reference_stats, modality=config.modality)
   results = evaluation.run(params, host_data.eval_batches(config), on_first_batch=_grid_saver(
-      storage.join(out_dir, f"reconstructions_{step}.png")))
+      storage.join(out_dir, f"reconstructions_{step}.png"), config.modality))
   results = {"step": step, **results,
              "eval_split": config.data.eval_split, "source": config.data.source,
              "image_size": config.data.image_size,

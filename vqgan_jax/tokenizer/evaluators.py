@@ -132,11 +132,66 @@ class ReconstructionFID:
     return {"rfid": fid.fid_from_stats(*self._recon.stats(), *reference)}
 
 
+class SegmentationMetrics:
+  """Pixel accuracy and mIoU of the argmax label map over the whole split, from one confusion
+  matrix (label x prediction) summed over every real pixel; the IoU is averaged over the
+  classes present in the labels or the predictions."""
+
+  names = ("pixel_accuracy", "miou")
+
+  def __init__(self, *, num_classes: int, **_):
+    self.num_classes = num_classes
+    self.constants = {}
+    self.reset()
+
+  def device_fn(self, constants, images, recon, indices, mask):
+    del constants, indices
+    labels = jnp.argmax(images, axis=-1).ravel()  # The input is the one-hot label map.
+    predictions = jnp.argmax(recon, axis=-1).ravel()
+    weights = jnp.broadcast_to((mask > 0)[:, None, None], images.shape[:3]).ravel()
+    k = self.num_classes
+    return jnp.zeros((k, k), jnp.int32).at[labels, predictions].add(weights.astype(jnp.int32))
+
+  def reset(self):
+    self._confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+
+  def update(self, outputs, mask: np.ndarray):
+    del mask
+    self._confusion += np.asarray(outputs, np.int64)
+
+  @property
+  def confusion(self) -> np.ndarray:
+    """int64 (K, K) pixel counts, rows the labels and columns the predictions."""
+    return self._confusion.copy()
+
+  def result(self) -> dict[str, float]:
+    return segmentation_scores(self._confusion)
+
+
+def segmentation_scores(confusion: np.ndarray) -> dict[str, float]:
+  """Pixel accuracy and mean IoU (over classes labelled or predicted) of a confusion matrix."""
+  confusion = np.asarray(confusion, np.float64)
+  hits = np.diag(confusion)
+  union = confusion.sum(0) + confusion.sum(1) - hits
+  present = union > 0
+  return {"pixel_accuracy": float(hits.sum() / max(confusion.sum(), 1.0)),
+          "miou": float(np.mean(hits[present] / union[present])) if present.any() else 0.0}
+
+
 EVALUATORS = {
     "reconstruction": ReconstructionMetrics,
     "codebook": CodebookMetrics,
     "rfid": ReconstructionFID,
+    "segmentation": SegmentationMetrics,
 }
+# The evaluators that apply to each modality (vqgan_jax.tokenizer.modality).
+IMAGE_EVALUATORS = ("reconstruction", "codebook", "rfid")
+SEGMENTATION_EVALUATORS = ("segmentation", "codebook")
+
+
+def for_modality(modality: str) -> tuple[str, ...]:
+  """The evaluator names that apply to a tokenizer of `modality`."""
+  return SEGMENTATION_EVALUATORS if modality == "segmentation" else IMAGE_EVALUATORS
 # What a metric reports when its weights are not installed, and how to install them.
 UNAVAILABLE_KEYS = {"rfid": ("rfid",)}
 

@@ -5,7 +5,9 @@ The generator objective is
 with nll = mean|x - x_hat| + perceptual_weight * mean LPIPS(x, x_hat), g = generator GAN loss, and
 lambda the adaptive weight |grad_W nll| / (|grad_W g| + 1e-4) at the decoder's last conv kernel W.
 An optional entropy penalty of the quantizer adds entropy_weight(step) * (sample entropy -
-codebook entropy). The trainer computes the two kernel gradients from its single forward pass (`adaptive_weight`
+codebook entropy). A segmentation tokenizer (taming's VQSegmentationModel) has nll = the
+binary (or softmax) cross-entropy of its K logits against the one-hot label map, and no LPIPS or
+GAN. The trainer computes the two kernel gradients from its single forward pass (`adaptive_weight`
 takes them as inputs), so no loss here runs a network.
 """
 from __future__ import annotations
@@ -16,18 +18,37 @@ import jax
 import jax.numpy as jnp
 import optax
 
-RECONSTRUCTION_LOSSES = ("l1", "l2")
+IMAGE_LOSSES = ("l1", "l2")
+# Of a label map: the K logits per pixel against its one-hot input.
+SEGMENTATION_LOSSES = ("bce", "cross_entropy")
+RECONSTRUCTION_LOSSES = IMAGE_LOSSES + SEGMENTATION_LOSSES
 GAN_LOSSES = ("hinge", "vanilla", "non_saturating")
 
 
 def reconstruction_loss(images: jax.Array, reconstructions: jax.Array, kind: str = "l1") -> jax.Array:
-  """Mean absolute (l1) or squared (l2) error over every pixel and channel."""
+  """Mean absolute (l1) or squared (l2) error over every pixel and channel; for a one-hot label
+  map and K logits, `segmentation_loss`."""
+  if kind in SEGMENTATION_LOSSES:
+    return segmentation_loss(images, reconstructions, kind)
   diff = images.astype(jnp.float32) - reconstructions.astype(jnp.float32)
   if kind == "l1":
     return jnp.mean(jnp.abs(diff))
   if kind == "l2":
     return jnp.mean(jnp.square(diff))
   raise ValueError(f"config.loss.reconstruction={kind!r}; use one of {RECONSTRUCTION_LOSSES}.")
+
+
+def segmentation_loss(one_hot: jax.Array, logits: jax.Array, kind: str = "bce") -> jax.Array:
+  """'bce': taming's BCELossWithQuant term, binary cross-entropy with logits of every channel
+  against the 0/1 input, averaged over pixels and channels; 'cross_entropy': softmax
+  cross-entropy of the K logits against the class, averaged over pixels."""
+  one_hot, logits = one_hot.astype(jnp.float32), logits.astype(jnp.float32)
+  if kind == "bce":
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, one_hot))
+  if kind == "cross_entropy":
+    return jnp.mean(optax.softmax_cross_entropy(logits, one_hot))
+  raise ValueError(f"config.loss.reconstruction={kind!r} is not a segmentation loss; use one of "
+                   f"{SEGMENTATION_LOSSES}.")
 
 
 def generator_loss(logits_fake: jax.Array, kind: str = "hinge") -> jax.Array:

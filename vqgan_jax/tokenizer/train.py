@@ -31,6 +31,7 @@ from vqgan_jax.runtime import checkpoints, host_data, images as image_utils, non
 from vqgan_jax.runtime import optimizers, sharding, trainer_config, training_loop
 from vqgan_jax.tokenizer import finetune, losses
 from vqgan_jax.tokenizer.config import validate_tokenizer_config
+from vqgan_jax.tokenizer.modality import gather_pictures, model_input
 
 
 @flax.struct.dataclass
@@ -86,10 +87,14 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
 
 def init_state(rng: jax.Array, *, config, model, disc, tx, disc_tx) -> TrainState:
   g_rng, d_rng, state_rng = jax.random.split(rng, 3)
-  dummy = jnp.zeros((1, *image_shape(config), 3), jnp.float32)
-  variables = model.init({"params": g_rng}, dummy)
+  shape = image_shape(config)
+  variables = model.init({"params": g_rng},
+                         jnp.zeros((1, *shape, config.model.in_channels), jnp.float32))
   params = variables["params"]
-  disc_vars = disc.init({"params": d_rng}, dummy, train=False)
+  # The discriminator judges inputs and reconstructions (out_ch channels: 3, or K for label
+  # maps, whose tokenizer has no GAN and keeps it only for the state's shape).
+  disc_vars = disc.init({"params": d_rng}, jnp.zeros((1, *shape, config.model.out_ch),
+                                                     jnp.float32), train=False)
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
@@ -133,7 +138,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
                model: VQModel, disc: NLayerDiscriminator, tx, disc_tx, lr_schedule):
   """One VQGAN step on a global batch. Returns the new state and scalar metrics."""
   lc = config.loss
-  images = batch["image"].astype(jnp.float32)
+  images = model_input(batch, config.modality, config.model.in_channels)
   step = state.step
   rng = jax.random.fold_in(state.rng, step)
 
@@ -150,6 +155,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
 
   (recon, q_loss, entropy_loss), gen_pullback, (qout, conv_in, codebook_state) = jax.vjp(
       generator, state.params, has_aux=True)
+  uses_gan = lc.disc_factor != 0  # Static: 0 turns the GAN off for the whole run.
 
   # Reconstruction + perceptual loss and its gradient w.r.t. the reconstruction.
   def nll_fn(x_hat):
@@ -199,22 +205,30 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
   # Before the GAN reaches either player (taming's disc_start: 250k ImageNet steps), every
   # discriminator output is multiplied by 0: `lax.cond` skips its passes at run time, with
   # zeros of the same shapes (its BatchNorm running statistics, used only in eval mode, stay).
+  # With disc_factor 0 (a segmentation tokenizer) it never runs at all.
   d_start = lc.disc_start if lc.disc_train_start < 0 else lc.disc_train_start
   gan_start = min(lc.disc_start, d_start)
-  if gan_start <= 0:
+
+  def no_gan(recon):
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(gan, recon))
+    return zeros[:4] + (state.disc_batch_stats,) + zeros[5:]
+
+  if not uses_gan:
+    gan_out = no_gan(recon)
+  elif gan_start <= 0:
     gan_out = gan(recon)
   else:
-    def no_gan(recon):
-      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(gan, recon))
-      return zeros[:4] + (state.disc_batch_stats,) + zeros[5:]
     gan_out = jax.lax.cond(step >= gan_start, gan, no_gan, recon)
   (d_loss_real, logits_real, d_grad_real, logits_fake, stats_fake, g_loss, g_grad_x,
    d_loss_fake, d_grad_fake) = gan_out
 
   # Adaptive weight from the decoder's last layer, then the single generator backward pass.
-  kernel = state.params["decoder"]["conv_out"]["kernel"]
-  nll_grad_w, g_grad_w = conv_out_kernel_grads(conv_in, kernel, [nll_grad_x, g_grad_x])
-  if lc.adaptive_weight:
+  # Without a GAN, lambda weighs zeros: it is 0, and no kernel gradient is computed.
+  if not uses_gan:
+    lam = jnp.float32(0.0)
+  elif lc.adaptive_weight:
+    kernel = state.params["decoder"]["conv_out"]["kernel"]
+    nll_grad_w, g_grad_w = conv_out_kernel_grads(conv_in, kernel, [nll_grad_x, g_grad_x])
     lam = losses.adaptive_weight(nll_grad_w, g_grad_w, lc.disc_weight)
   else:
     lam = jnp.float32(lc.disc_weight)
@@ -299,21 +313,26 @@ def jit_train_step(config, model, disc, tx, disc_tx, lr_schedule, state_sharding
 
 
 class Reconstructor:
-  """Reconstructs a fixed set of eval images for the PNG/TensorBoard grids (jitted once).
+  """Reconstructs a fixed set of eval examples for the PNG/TensorBoard grids (jitted once):
+  the model's inputs (images, edge maps, drawings, or coloured label maps) above their
+  reconstructions.
 
-  `images` are this host's share; they are padded to a multiple of its devices, so any device
+  `batch` is this host's share; it is padded to a multiple of its devices, so any device
   count works (8 grid images on a 16- or 32-chip slice), and the padding is dropped after.
   """
 
-  def __init__(self, model: VQModel, images: np.ndarray, mesh):
-    self._batch, self._real = sharding.padded_global_batch({"image": images}, mesh)
+  def __init__(self, model: VQModel, batch: dict[str, np.ndarray], mesh, *,
+               modality: str = "image"):
+    self._modality = modality
+    global_batch, self._real = sharding.padded_global_batch(batch, mesh)
+    self._inputs = jax.jit(lambda b: model_input(b, modality, model.in_channels))(global_batch)
     self._fn = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
 
   def grid(self, params) -> np.ndarray:
-    batch = self._batch["image"]
-    recon = sharding.drop_padding(sharding.gather_to_host(self._fn(params, batch)), self._real)
-    originals = sharding.drop_padding(sharding.gather_to_host(batch), self._real)
-    return image_utils.image_grid([image_utils.to_uint8(originals), image_utils.to_uint8(recon)])
+    recon = gather_pictures(self._fn(params, self._inputs), self._modality)
+    originals = gather_pictures(self._inputs, self._modality)
+    return image_utils.image_grid([sharding.drop_padding(originals, self._real),
+                                   sharding.drop_padding(recon, self._real)])
 
 
 def create_train_state(config: ml_collections.ConfigDict, workdir: str, mesh, *, model, disc,
@@ -339,13 +358,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpointer, state, state_shardings, position = create_train_state(
       config, workdir, mesh, model=model, disc=disc, tx=tx, disc_tx=disc_tx)
 
-  lpips_params = jax.device_put(load_lpips_params(), sharding.replicated(mesh))
+  # The VGG weights only where the perceptual term is trained (not for label maps).
+  lpips_params = {}
+  if config.loss.perceptual_weight != 0:
+    lpips_params = jax.device_put(load_lpips_params(), sharding.replicated(mesh))
   jitted_step = jit_train_step(config, model, disc, tx, disc_tx, lr_schedule, state_shardings,
                                mesh)
 
   eval_batch = next(iter(host_data.eval_batches(config)))
+  grid_rows = max(1, 8 // jax.process_count())
   reconstructor = Reconstructor(
-      model, eval_batch["image"][:max(1, 8 // jax.process_count())], mesh)
+      model, {config.modality: eval_batch[config.modality][:grid_rows]}, mesh,
+      modality=config.modality)
   eval_fn = None
   if config.eval_every_steps >= 0:
     from vqgan_jax.tokenizer import evaluate  # pylint: disable=g-import-not-at-top
