@@ -1,7 +1,6 @@
 """Every conditioning of the prior: trains, resumes, evaluates (with and without the condition)
 and samples from eval conditions or from a user's file / prompt; sharded == single device."""
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -121,3 +120,127 @@ def test_tokenized_condition_needs_its_tokenizer(random_tokenizer, tmp_path):
   config.cond_tokenizer_workdir = random_tokenizer  # Trained on images, not edge maps.
   with pytest.raises(ValueError, match="--config.modality=edges"):
     prior_train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+NUM_CLASSES = 8
+
+
+@pytest.fixture(scope="module")
+def condition_tokenizers(tmp_path_factory):
+  """Randomly initialised `configs/tiny.py:test` tokenizers of each condition modality (their
+  saved configs say which), as a trained condition tokenizer's workdir would."""
+  from vqgan_jax.models.autoencoder import VQModel  # pylint: disable=g-import-not-at-top
+  from vqgan_jax.tokenizer.load import save_tokenizer  # pylint: disable=g-import-not-at-top
+  workdirs = {}
+  for kind in ("segmentation", "edges", "sketch"):
+    config = load_config("tiny", "test")
+    config.modality = kind
+    channels = 3
+    if kind == "segmentation":
+      channels = config.model.in_channels = config.model.out_ch = NUM_CLASSES
+      config.data.num_segmentation_classes = NUM_CLASSES
+    model = VQModel(**config.model.to_dict())
+    params = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, channels)))["params"]
+    workdirs[kind] = str(tmp_path_factory.mktemp("cond_tokenizer") / kind)
+    save_tokenizer(workdirs[kind], {"params": params}, config.to_dict())
+  return workdirs
+
+
+def _map_config(kind, random_tokenizer, condition_tokenizers):
+  config = load_config("tiny_prior", "test")
+  config.tokenizer_workdir = random_tokenizer
+  config.conditioning = kind
+  config.cond_tokenizer_workdir = condition_tokenizers[kind]
+  config.data.num_segmentation_classes = NUM_CLASSES
+  config.num_train_steps = 2
+  config.image_every_steps = 2
+  config.sample.guidance_scale = 1.0
+  return config
+
+
+def _write_condition(kind, path, size):
+  rng = np.random.default_rng(0)
+  if kind == "segmentation":
+    PIL.Image.fromarray(rng.integers(0, NUM_CLASSES, size).astype(np.uint8), "L").save(path)
+  else:
+    PIL.Image.fromarray(rng.integers(0, 256, (*size, 3)).astype(np.uint8)).save(path)
+  return str(path)
+
+
+@pytest.mark.parametrize("kind", ["segmentation", "edges", "sketch"])
+def test_map_conditioned_prior_trains_and_samples(kind, random_tokenizer, condition_tokenizers,
+                                                  tmp_path):
+  config = _map_config(kind, random_tokenizer, condition_tokenizers)
+  workdir = tmp_path / "prior"
+  prior_train.train_and_evaluate(config, str(workdir))
+  model = prior_model.build_model(config, frozen_tokenizers.load_tokenizers(config), 0)
+  assert model.cond_len == 64 and model.cond_vocab_size == 64  # Grid-aligned 8x8 codes.
+  result = sample.sample_images(config, str(workdir))  # Conditions of eval examples 0, 1, 2.
+  picture = PIL.Image.open(workdir / "samples" / "conditions.png")
+  assert picture.size == (2 * 16, 2 * 3 * 16)  # Condition | sample | original, 2 per row.
+  if kind == "segmentation":
+    assert 0.0 <= result["condition_miou"] <= 1.0
+
+  # A user's condition larger than the training size: the sliding window, 24x32 samples.
+  config.sample.condition = _write_condition(kind, tmp_path / "condition.png", (24, 32))
+  config.sample.num_samples = 2
+  result = sample.sample_images(config, str(workdir))
+  assert result["grid_shape"] == [12, 16] and result["condition"].endswith("condition.png")
+  assert PIL.Image.open(workdir / "samples" / "sample_00001.png").size == (32, 24)
+
+
+def test_segmentation_step_sharded_equals_single_device(random_tokenizer, condition_tokenizers):
+  config = _map_config("segmentation", random_tokenizer, condition_tokenizers)
+  tokenizers = frozen_tokenizers.load_tokenizers(config)
+  model = prior_model.build_model(config, tokenizers, 0)
+  tx, schedule = prior_train.build_optimizer(config)
+  state = jax.device_get(prior_train.init_state(
+      jax.random.PRNGKey(0), config=config, model=model, tx=tx, tokens_shape=(1, 64),
+      cond_example=jnp.zeros((1, 64), jnp.int32)))
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
+           "label": np.zeros(8, np.int32),
+           "segmentation": rng.integers(0, NUM_CLASSES, (8, 16, 16)).astype(np.int32)}
+
+  def run(mesh):
+    step = jax.jit(functools.partial(
+        prior_train.prior_step, config=config, tokenizers=tokenizers, model=model, tx=tx,
+        lr_schedule=schedule, num_classes=0))
+    s = jax.device_put(state, sharding.tree_shardings(mesh, state, "replicate"))
+    tok = jax.device_put(tokenizers.params, sharding.replicated(mesh))
+    return jax.device_get(step(s, sharding.global_batch(batch, mesh), tok))
+
+  (s8, m8), (s1, m1) = run(sharding.create_mesh()), run(jax.make_mesh(
+      (1,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:1]))
+  np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               s8.params, s1.params)
+
+
+@pytest.mark.parametrize("condition, message", [
+    (lambda p: PIL.Image.fromarray(np.full((16, 16), NUM_CLASSES, np.uint8), "L").save(p),
+     r"condition.png holds a class id >= .*max id 8, 8 classes"),
+    (lambda p: PIL.Image.fromarray(np.zeros((15, 16), np.uint8), "L").save(p),
+     r"gives 15x16 images, not divisible by the tokenizer's factor 2"),
+    (lambda p: PIL.Image.fromarray(np.zeros((8, 16), np.uint8), "L").save(p),
+     r"smaller than the training grid"),
+    (lambda p: open(p, "wb").write(b"not a png"), "not a readable"),
+])
+def test_bad_user_conditions_name_the_file(random_tokenizer, condition_tokenizers, tmp_path,
+                                           condition, message):
+  config = _map_config("segmentation", random_tokenizer, condition_tokenizers)
+  path = tmp_path / "condition.png"
+  condition(path)
+  config.sample.condition = str(path)
+  prior_train.train_and_evaluate(config, str(tmp_path / "prior"))
+  with pytest.raises(ValueError, match=message):
+    sample.sample_images(config, str(tmp_path / "prior"))
+
+
+def test_condition_agreement_miou():
+  from vqgan_jax.prior import condition_agreement  # pylint: disable=g-import-not-at-top
+  labels = np.array([[0, 0, 1, 1], [2, 2, 2, 2]])
+  predicted = np.array([[0, 1, 1, 1], [2, 2, 2, 0]])
+  counts = condition_agreement.confusion(labels, predicted, 4)
+  # IoU: class 0 1/3, class 1 2/3, class 2 3/4; class 3 absent from both.
+  assert condition_agreement.miou(counts) == pytest.approx((1 / 3 + 2 / 3 + 3 / 4) / 3)
