@@ -11,8 +11,10 @@ TINY_QUANTIZERS = ("taming", "cosine_lowdim", "ema", "cosine_lowdim_restart",
 TOKENIZER_CONFIGS = [("tiny", ""), ("tiny", "test"), ("imagenet", ""), ("imagenet", "shrink"),
                      ("taming_f16", "1024"),
                      ("taming_f16", "16384"), ("tiny_segmentation", ""),
-                     ("tiny_segmentation", "test")] + [("tiny", q) for q in TINY_QUANTIZERS]
-PRIOR_CONFIGS = [("tiny_prior", ""), ("tiny_prior", "test"), ("imagenet_prior", "")]
+                     ("tiny_segmentation", "test")] + [("tiny", q) for q in TINY_QUANTIZERS] + [
+                         ("tiny", c) for c in ("edges", "sketch", "low_res")]
+PRIOR_CONFIGS = [("tiny_prior", ""), ("tiny_prior", "test"), ("imagenet_prior", "")] + [
+    ("tiny_prior", c) for c in ("none", "low_res", "segmentation", "edges", "sketch", "text")]
 
 
 @pytest.mark.parametrize("name, variant", TOKENIZER_CONFIGS)
@@ -96,3 +98,18 @@ def test_tiny_default_is_the_recommended_variant():
   spec.loader.exec_module(tiny)
   assert module_config.to_dict() == load_config("tiny", tiny.RECOMMENDED).to_dict()
   assert module_config.model.codebook_size == 1024
+
+
+@pytest.mark.parametrize("kind", ["low_res", "segmentation", "edges", "sketch"])
+def test_tiny_condition_priors_name_a_matching_condition_tokenizer(kind):
+  from vqgan_jax.prior import conditions  # pylint: disable=g-import-not-at-top
+  prior = load_config("tiny_prior", kind)
+  assert prior.cond_tokenizer_workdir == f"workdirs/tiny_{kind}"
+  tokenizer = (load_config("tiny_segmentation") if kind == "segmentation" else
+               load_config("tiny", kind))
+  assert tokenizer.modality == conditions.COND_MODALITY[kind]
+  size = prior.data.image_size // (prior.cond_downsample if kind == "low_res" else 1)
+  assert tokenizer.data.image_size == size
+  if kind == "segmentation":
+    assert (tokenizer.data.num_segmentation_classes ==
+            prior.data.num_segmentation_classes == tokenizer.model.in_channels)
