@@ -244,3 +244,18 @@ def test_condition_agreement_miou():
   counts = condition_agreement.confusion(labels, predicted, 4)
   # IoU: class 0 1/3, class 1 2/3, class 2 3/4; class 3 absent from both.
   assert condition_agreement.miou(counts) == pytest.approx((1 / 3 + 2 / 3 + 3 / 4) / 3)
+
+
+def test_segmentation_prior_resumes_exactly(random_tokenizer, condition_tokenizers, tmp_path):
+  config = _map_config("segmentation", random_tokenizer, condition_tokenizers)
+  config.num_train_steps, config.checkpoint_every_steps, config.image_every_steps = 4, 2, -1
+  config.eval_every_steps = -1
+  prior_train.train_and_evaluate(config, str(tmp_path / "straight"))
+  half = config.copy_and_resolve_references()
+  half.num_train_steps = 2
+  prior_train.train_and_evaluate(half, str(tmp_path / "resumed"))
+  prior_train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  a, step_a = checkpoints.restore_raw_state(str(tmp_path / "straight"))
+  b, step_b = checkpoints.restore_raw_state(str(tmp_path / "resumed"))
+  assert step_a == step_b == 4
+  jax.tree.map(np.testing.assert_array_equal, a, b)
