@@ -30,7 +30,7 @@ LPIPS 0.470 vs taming's 252.2 / 0.471 after the same 1200 steps. `--config=confi
 
 Condition tokenizers for the tiny priors (`configs/tiny_prior.py:KIND`), 600 steps each, GAN off:
 `:edges` (edge maps of the crops, `vqgan_jax.data.derived.edge_map`), `:sketch` (their
-pseudo-drawings) and `:low_res` (the 8x8 copies: an f2 model, 4x4 codes). The label-map
+pseudo-drawings) and `:low_res` (the 16x16 copies: 4x4 codes). The label-map
 tokenizer is `configs/tiny_segmentation.py`.
 """
 from vqgan_jax.tokenizer.config import base_config
@@ -112,10 +112,10 @@ def get_config(variant: str = ""):
     config.checkpoint_every_steps = 300
     config.loss.update(dict(entropy_decay_steps=450, disc_start=10**9, disc_train_start=-1))
     config.model.codebook_size = 512
-    if variant == "low_res":  # configs/tiny_prior.py's 32x32 crops shrunk 4 times.
-      config.data.image_size = 8
-      config.data.resize_size = 32  # The shrunk crop of a 128-pixel photo: a 32-pixel one.
-      config.model.update(dict(ch_mult=(1, 2), attn_resolutions=(4,), resolution=8))
+    if variant == "low_res":  # configs/tiny_prior.py's 32x32 crops shrunk 2 times.
+      config.data.image_size = 16  # LPIPS-VGG needs 16x16 at least.
+      config.data.resize_size = 64  # The shrunk crop of a 128-pixel photo: a 64-pixel one's.
+      config.model.update(dict(attn_resolutions=(4,), resolution=16))  # f4: 4x4 codes.
     else:
       config.modality = variant
   elif variant == "test":

@@ -12,7 +12,8 @@ tokenizer trained by `configs/tiny.py:test`).
 `:KIND` trains the same prior under another conditioning (`vqgan_jax.prior.conditions`), each on
 the embedded photos with conditions derived from their pixels:
   none          unconditional (the reference for the bits per token of the others);
-  low_res       the 8x8 copy of the crop, tokenized by `configs/tiny.py:low_res` (workdirs/tiny_low_res);
+  low_res       the 16x16 copy of the crop, tokenized by `configs/tiny.py:low_res`
+                (workdirs/tiny_low_res): 2x super-resolution;
   segmentation  the crop's 8-colour label map, by `configs/tiny_segmentation.py`
                 (workdirs/tiny_segmentation);
   edges         the crop's edge map, by `configs/tiny.py:edges` (workdirs/tiny_edges);
@@ -62,6 +63,7 @@ def get_config(variant: str = ""):
     config.sample.update(dict(num_samples=3, batch_size=2))
   elif variant in CONDITIONED:
     config.conditioning = variant
+    config.cond_downsample = 2  # low_res: 16x16 copies (configs/tiny.py:low_res).
     config.sample.guidance_scale = 1.5 if variant == "text" else 1.0
     if variant not in ("none", "text"):
       config.cond_tokenizer_workdir = f"workdirs/tiny_{variant}"

@@ -133,6 +133,13 @@ def test_segmentation_metrics_on_8_devices_ignore_padding_rows():
   assert 0.5 < result["pixel_accuracy"] < 0.8
 
 
+def _rgb(config, kind, **fields):
+  """The config as an RGB tokenizer of `kind` (3 channels, L1), with `fields` set."""
+  config.update(dict(modality=kind, **fields))
+  config.model.update(dict(in_channels=3, out_ch=3))
+  config.loss.reconstruction = "l1"
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda c: setattr(c, "modality", "depth"), "config.modality='depth'"),
     (lambda c: setattr(c.data, "num_segmentation_classes", 1),
@@ -145,11 +152,9 @@ def test_segmentation_metrics_on_8_devices_ignore_padding_rows():
     (lambda c: setattr(c, "eval_metrics", ("reconstruction", "codebook")),
      "do not apply to config.modality='segmentation'"),
     (lambda c: setattr(c, "modality", "edges"), "--config.model.in_channels=3"),
-    (lambda c: c.update(dict(modality="sketch", eval_metrics=("segmentation",))) or c.model.update(
-        dict(in_channels=3, out_ch=3)) or c.loss.update(dict(reconstruction="l1")),
+    (lambda c: _rgb(c, "sketch", eval_metrics=("segmentation",)),
      "do not apply to config.modality='sketch'"),
-    (lambda c: c.update(dict(modality="image")) or c.model.update(
-        dict(in_channels=3, out_ch=3)), "label-map loss"),
+    (lambda c: (_rgb(c, "image"), setattr(c.loss, "reconstruction", "bce")), "label-map loss"),
 ])
 def test_config_errors_say_what_to_change(config, tmp_path, change, message):
   change(config)

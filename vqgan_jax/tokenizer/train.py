@@ -8,6 +8,10 @@ conv kernel W: both come from one `jax.vjp` of that conv (applied to its sown in
 cotangents, so no second forward or backward of the generator is ever run. The discriminator
 sees the reconstruction once; its vjp gives both the generator's GAN gradient (w.r.t. the image)
 and the discriminator's fake-half gradient (w.r.t. its parameters).
+
+The tokenizer encodes `modality.model_input(batch)`: the image, an edge map or a drawing (the
+VQGAN above), or a one-hot label map (taming's VQSegmentationModel: BCE on K logits plus the
+quantizer loss, with disc_factor 0 so the discriminator and the adaptive weight never run).
 """
 from __future__ import annotations
 
