@@ -81,16 +81,3 @@ def decode_label_map(data: bytes) -> tuple[np.ndarray, int]:
   except (OSError, ValueError, SyntaxError):
     return np.zeros((1, 1, 1), np.uint8), UNREADABLE
   return ids[:, :, None], OK
-
-
-def read_label_map(path: str, num_classes: int) -> np.ndarray:
-  """uint8 (h, w) class ids of a user's label map (sampling from a condition); ValueError
-  naming the file if unreadable or an id is unknown."""
-  from vqgan_jax.runtime import storage  # pylint: disable=g-import-not-at-top
-  ids, problem = decode_label_map(storage.read_bytes(path))
-  if problem == OK and ids.max() >= num_classes:
-    problem = UNKNOWN_ID
-  if problem != OK:
-    detail = f" (max id {ids.max()}, {num_classes} classes)" if problem == UNKNOWN_ID else ""
-    raise ValueError(f"The segmentation map {path} {PROBLEMS[problem]}{detail}.")
-  return ids[:, :, 0]

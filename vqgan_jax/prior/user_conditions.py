@@ -27,6 +27,19 @@ class UserCondition:
   description: str
 
 
+def read_label_map(path: str, num_classes: int) -> np.ndarray:
+  """uint8 (h, w) class ids of a user's label map; ValueError naming the file if unreadable or
+  an id is unknown."""
+  ids, problem = condition_files.decode_label_map(storage.read_bytes(path))
+  if problem == condition_files.OK and ids.max() >= num_classes:
+    problem = condition_files.UNKNOWN_ID
+  if problem != condition_files.OK:
+    detail = (f" (max id {ids.max()}, {num_classes} classes)"
+              if problem == condition_files.UNKNOWN_ID else "")
+    raise ValueError(f"The segmentation map {path} {condition_files.PROBLEMS[problem]}{detail}.")
+  return ids[:, :, 0]
+
+
 def _read_rgb(path: str) -> np.ndarray:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
@@ -67,7 +80,7 @@ def load(config: ml_collections.ConfigDict) -> UserCondition:
                      f"{conditions.TOKENIZED} or 'text', not {config.conditioning!r}.")
   path = s.condition
   if kind == "segmentation":
-    ids = condition_files.read_label_map(path, config.data.num_segmentation_classes)
+    ids = read_label_map(path, config.data.num_segmentation_classes)
     from vqgan_jax.tokenizer import modality  # pylint: disable=g-import-not-at-top
     picture = np.asarray(modality.colorize(ids[None], config.data.num_segmentation_classes))[0]
     return UserCondition({"segmentation": ids[None].astype(np.int32)}, ids.shape, picture,
