@@ -9,6 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from vqgan_jax.data import derived, input_pipeline, text
 
@@ -154,7 +155,7 @@ def test_empty_caption_names_the_file(tmp_path):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda p: PIL.Image.fromarray(np.zeros((10, 10), np.uint8), "L").save(p),
-     "different size"),
+     "map has a different size"),
     (lambda p: PIL.Image.fromarray(np.full((24, 30), 9, np.uint8), "L").save(p),
      "class id >= config.data.num_segmentation_classes"),
     (lambda p: PIL.Image.fromarray(np.zeros((24, 30, 3), np.uint8)).save(p),
@@ -164,16 +165,63 @@ def test_bad_maps_stop_the_job_naming_the_image(tmp_path, damage, message):
   config = _folder_config(tmp_path, "segmentation")
   for i in range(6):
     damage(os.path.join(config.data.segmentation_folder, f"im{i}.png"))
-  with pytest.raises(ValueError, match=rf"condition map of .*im\d\.png .*{re.escape(message)}"):
+  with pytest.raises(ValueError, match=rf"im\d\.png: .*{re.escape(message)}"):
     _train(config, n=1)
   with pytest.raises(ValueError, match=re.escape(message)):
     _eval(config)
 
 
+class VqganJaxMaskedImages(tfds.core.GeneratorBasedBuilder):
+  """Images whose red channel encodes their mask (as `_write_dataset`), with nested captions."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(),
+        "segmentation_mask": tfds.features.Image(shape=(None, None, 1)),
+        "captions": tfds.features.Sequence({"text": tfds.features.Text()}),
+        "label": tfds.features.ClassLabel(num_classes=2)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(range(6)), "test": self._generate_examples(range(6, 9))}
+
+  def _generate_examples(self, indices):
+    rng = np.random.default_rng(0)
+    for i in indices:
+      ids = _ids(rng, 24, 30)
+      pixels = np.stack([40 * ids, np.full(ids.shape, 100), np.full(ids.shape, 50)], -1)
+      yield i, {"image": pixels.astype(np.uint8), "segmentation_mask": ids[:, :, None],
+                "captions": {"text": [f"masked image {i}", "a second caption"]}, "label": i % 2}
+
+
+@pytest.fixture(scope="module")
+def masked_tfds(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("tfds")
+  VqganJaxMaskedImages(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+  return str(data_dir)
+
+
+def _tfds_config(data_dir, conditioning, **data):
+  return _config(conditioning, source="tfds", tfds_name="vqgan_jax_masked_images",
+                 tfds_data_dir=data_dir, eval_split="test", resize_size=24, scale_jitter=0.0,
+                 **data)
+
+
+def test_tfds_masks_and_captions(masked_tfds):
+  config = _tfds_config(masked_tfds, "segmentation")
+  for batch in _train(config, n=2) + _eval(config):
+    rows = batch.get("mask", np.ones(4)) > 0
+    np.testing.assert_array_equal(batch["segmentation"][rows], _red_ids(batch["image"])[rows])
+  config = _tfds_config(masked_tfds, "text", tfds_caption_key="captions/text")
+  captions = {text.decode(c) for c in _train(config, n=1)[0]["caption"]}
+  assert all(c.startswith("masked image ") for c in captions), captions
+  with pytest.raises(ValueError, match="no feature 'caption' .*tfds_caption_key"):
+    _train(_tfds_config(masked_tfds, "text"), n=1)
+
+
 def test_config_errors():
   with pytest.raises(ValueError, match="num_segmentation_classes"):
     input_pipeline.validate_data_config(_config("segmentation", num_segmentation_classes=0))
-  with pytest.raises(ValueError, match="does not read"):
-    input_pipeline.create_train_iterator(
-        _config("text", source="tfds", tfds_name="mnist"), local_batch_size=2, process_index=0,
-        process_count=1)
+  with pytest.raises(ValueError, match="does not read drawings"):
+    input_pipeline.validate_data_config(_config("sketch", source="tfds", tfds_name="mnist"))

@@ -219,7 +219,7 @@ def test_segmentation_step_sharded_equals_single_device(random_tokenizer, condit
 
 @pytest.mark.parametrize("condition, message", [
     (lambda p: PIL.Image.fromarray(np.full((16, 16), NUM_CLASSES, np.uint8), "L").save(p),
-     r"condition.png holds a class id >= .*max id 8, 8 classes"),
+     r"condition.png: its label map holds a class id >= .*max id 8, 8 classes"),
     (lambda p: PIL.Image.fromarray(np.zeros((15, 16), np.uint8), "L").save(p),
      r"gives 15x16 images, not divisible by the tokenizer's factor 2"),
     (lambda p: PIL.Image.fromarray(np.zeros((8, 16), np.uint8), "L").save(p),

@@ -19,10 +19,11 @@ import os
 import numpy as np
 
 # `_problem` codes of an example, and what they mean.
-OK, WRONG_SIZE, UNKNOWN_ID, UNREADABLE = 0, 1, 2, 3
-PROBLEMS = {WRONG_SIZE: "has a different size than its image",
-            UNKNOWN_ID: "holds a class id >= config.data.num_segmentation_classes",
-            UNREADABLE: "is not a readable single-channel or palette PNG"}
+OK, WRONG_SIZE, UNKNOWN_ID, UNREADABLE, EMPTY_CAPTION = 0, 1, 2, 3, 4
+PROBLEMS = {WRONG_SIZE: "its condition map has a different size than the image",
+            UNKNOWN_ID: "its label map holds a class id >= config.data.num_segmentation_classes",
+            UNREADABLE: "its label map is not a readable single-channel or palette PNG",
+            EMPTY_CAPTION: "its caption is empty"}
 MAP_EXTENSIONS = {"segmentation": (".png",), "sketch": (".png", ".jpg", ".jpeg")}
 
 

@@ -58,12 +58,17 @@ batches, the last ones padded with `mask` 0.0 (1.0 for real images).
   segmentation_folder, sketch_folder  'folder' only: where the label maps / drawings live,
                        mirroring config.data.folder (see `vqgan_jax.data.condition_files`).
   caption_length       Byte tokens of a caption ('text' conditioning; longer ones are cut).
+  tfds_segmentation_key, tfds_caption_key  'tfds' only: the features holding the label map (an
+                       image feature of class ids, e.g. oxford_iiit_pet's 'segmentation_mask')
+                       and the caption (a text feature; a path like 'captions/text' into nested
+                       features, the first of a sequence).
 
 Conditions (`condition_features`): a job whose `config.modality` (tokenizer) or
 `config.conditioning` (prior) names 'segmentation', 'edges', 'sketch' or 'text' gets, in every
 batch, `segmentation` (B, H, W) int32, `edges` / `sketch` (B, H, W, 3) float32 in [-1, 1] or
 `caption` (B, caption_length) int32 (`vqgan_jax.data.text`), cropped and flipped with the
-image. 'folder' reads them beside the images, 'embedded' derives them from the pixels
+image. 'folder' reads them beside the images, 'tfds' from the dataset's features, 'embedded'
+derives them from the pixels
 (`vqgan_jax.data.derived`), edges are computed for every source. A map of the wrong size or
 with an unknown class id stops the job with an error naming the image.
 """
@@ -107,6 +112,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       segmentation_folder="",
       sketch_folder="",
       caption_length=64,
+      tfds_segmentation_key="segmentation_mask",
+      tfds_caption_key="caption",
   ))
 
 
@@ -152,11 +159,9 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.data.num_segmentation_classes must be <= 256 (8-bit label PNGs).")
   if "caption" in features and data.caption_length < 1:
     raise ValueError(f"config.data.caption_length={data.caption_length} must be >= 1.")
-  stored = sorted(set(features) - {"edges"})
-  if stored and data.source == "tfds":
-    raise ValueError(f"config.data.source='tfds' does not read {stored} conditions yet; use "
-                     "config.data.source='folder' (maps and captions beside the images, see "
-                     "vqgan_jax.data.condition_files) or 'embedded' (derived).")
+  if "sketch" in features and data.source == "tfds":
+    raise ValueError("config.data.source='tfds' does not read drawings; use "
+                     "config.data.source='folder' with config.data.sketch_folder.")
   if features and data.source == "codes":
     raise ValueError(f"config.data.source='codes' holds no {features} conditions; train from "
                      "the image source.")
@@ -334,8 +339,8 @@ def raise_condition_problems(batch: dict[str, np.ndarray], ids: np.ndarray,
   if problems is None or not np.any(problems):
     return
   first = int(np.flatnonzero(problems)[0])
-  raise ValueError(f"The condition map of {describe(int(ids[first]))} "
-                   f"{condition_files.PROBLEMS[int(problems[first])]}; fix or remove the file "
+  raise ValueError(f"{describe(int(ids[first]))}: "
+                   f"{condition_files.PROBLEMS[int(problems[first])]}; fix or remove it "
                    "(see vqgan_jax.data.condition_files for the layout).")
 
 

@@ -97,6 +97,9 @@ def condition_features(image: tf.Tensor, label: tf.Tensor, conditions: Condition
     out["sketch"] = preprocess.to_model_range(drawing)
   if "caption" in features:
     caption = derived.embedded_caption(image, label) if derive else conditions.caption
+    empty = tf.strings.length(tf.strings.strip(caption)) == 0
+    problem = tf.where((problem == condition_files.OK) & empty, condition_files.EMPTY_CAPTION,
+                       problem)
     out["caption"] = text.tf_encode(caption, settings.caption_length)
   out["_problem"] = problem
   return out

@@ -57,6 +57,28 @@ class Conditions:
   problem: tf.Tensor | int = 0
 
 
+def stored_conditions(encoded: dict[str, tf.Tensor], caption, image) -> Conditions:
+  """Conditions of encoded maps (`segmentation`: a label PNG, `sketch`: an image), each checked
+  against the image's size, and a caption."""
+  result = Conditions(caption=caption)
+  problems = [tf.constant(condition_files.OK)]
+  if "segmentation" in encoded:
+    ids, problem = tf.numpy_function(condition_files.decode_label_map, [encoded["segmentation"]],
+                                     (tf.uint8, tf.int64), stateful=False)
+    result.maps["segmentation"] = tf.ensure_shape(ids, (None, None, 1))
+    problems.append(tf.cast(problem, tf.int32))
+  if "sketch" in encoded:
+    result.maps["sketch"] = preprocess.decode_rgb(encoded["sketch"])
+  for name, x in list(result.maps.items()):
+    same = tf.reduce_all(tf.shape(x)[:2] == tf.shape(image)[:2])
+    problems.append(tf.where(same, condition_files.OK, condition_files.WRONG_SIZE))
+    # A wrong-size map is still resized to the image (shapes must agree); the host raises.
+    result.maps[name] = tf.cond(same, lambda x=x: x, lambda x=x, name=name: preprocess.resize_uint8(
+        x, tf.shape(image)[:2], labels=name == "segmentation"))
+  result.problem = tf.reduce_max(tf.stack(problems))
+  return result
+
+
 class _FileEval:
   """Eval crops of decoded files: resize the shorter side, then center crop."""
   settings: Settings
@@ -111,24 +133,9 @@ class FolderSource(_FileEval):
 
   def conditions(self, record, image) -> Conditions:
     """The record's label map / sketch (checked against the image's size) and caption."""
-    result = Conditions(caption=record.get("caption"))
-    problems = [tf.constant(condition_files.OK)]
-    if "segmentation" in record:
-      ids, problem = tf.numpy_function(condition_files.decode_label_map,
-                                       [tf.io.read_file(record["segmentation"])],
-                                       (tf.uint8, tf.int64), stateful=False)
-      result.maps["segmentation"] = tf.ensure_shape(ids, (None, None, 1))
-      problems.append(tf.cast(problem, tf.int32))
-    if "sketch" in record:
-      result.maps["sketch"] = preprocess.decode_rgb(tf.io.read_file(record["sketch"]))
-    for name, x in list(result.maps.items()):
-      same = tf.reduce_all(tf.shape(x)[:2] == tf.shape(image)[:2])
-      problems.append(tf.where(same, condition_files.OK, condition_files.WRONG_SIZE))
-      # A wrong-size map is still resized to the image (shapes must agree); the host raises.
-      result.maps[name] = tf.cond(same, lambda x=x: x, lambda x=x, name=name: preprocess.resize_uint8(
-          x, tf.shape(image)[:2], labels=name == "segmentation"))
-    result.problem = tf.reduce_max(tf.stack(problems))
-    return result
+    encoded = {name: tf.io.read_file(record[name]) for name in ("segmentation", "sketch")
+               if name in record}
+    return stored_conditions(encoded, record.get("caption"), image)
 
   def eval_records(self) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices(self._eval)
@@ -167,26 +174,37 @@ class TfdsSource(_FileEval):
     self.settings = settings
     self._name = data.tfds_name
     self._has_label = tfds_data.LABEL_KEY in builder.info.features
+    self._keys = tfds_data.condition_keys(builder, data, settings.features)
     self._train_split, self._eval_split = (
         tfds.split_for_jax_process(split, process_index=settings.process_index,
                                    process_count=settings.process_count)
         for split in (data.train_split, data.eval_split))
-    self._train = tfds_data.random_access(builder, self._train_split)
-    self._eval = tfds_data.random_access(builder, self._eval_split)
+    self._train = tfds_data.random_access(builder, self._train_split, self._keys)
+    self._eval = tfds_data.random_access(builder, self._eval_split, self._keys)
     self.num_train = len(self._train)
     self.num_eval = len(self._eval)
     self.num_eval_global = builder.info.splits[data.eval_split].num_examples
     self.reads = 0
 
   def _read(self, records, index) -> dict[str, tf.Tensor]:
+    names = sorted(self._keys)  # Stored conditions: encoded masks, caption strings.
+
     def read(i):
       self.reads += 1
       example = records[int(i)]
       label = example[tfds_data.LABEL_KEY] if self._has_label else 0
-      return np.bytes_(example[tfds_data.IMAGE_KEY]), np.int32(label)
+      extra = [np.bytes_(tfds_data.feature_value(example, self._keys[n])) for n in names]
+      return (np.bytes_(example[tfds_data.IMAGE_KEY]), np.int32(label), *extra)
 
-    image, label = tf.numpy_function(read, [index], (tf.string, tf.int32), stateful=False)
-    return {"image": tf.ensure_shape(image, []), "label": tf.ensure_shape(label, [])}
+    values = tf.numpy_function(read, [index], (tf.string, tf.int32) + (tf.string,) * len(names),
+                               stateful=False)
+    record = {"image": tf.ensure_shape(values[0], []), "label": tf.ensure_shape(values[1], [])}
+    record.update({n: tf.ensure_shape(v, []) for n, v in zip(names, values[2:])})
+    return record
+
+  def conditions(self, record, image) -> Conditions:
+    encoded = {n: record[n] for n in ("segmentation", "sketch") if n in record}
+    return stored_conditions(encoded, record.get("caption"), image)
 
   def train_record(self, index) -> dict[str, tf.Tensor]:
     return self._read(self._train, index)

@@ -71,10 +71,50 @@ def check_prepared(data: ml_collections.ConfigDict, builder) -> None:
         f"or prepare it again with `tfds build {data.tfds_name} --file_format={FILE_FORMAT}`.")
 
 
-def random_access(builder, split):
-  """The split (or `split_for_jax_process` shard) as a sequence of examples, images encoded."""
-  return builder.as_data_source(split=split, decoders={IMAGE_KEY: tfds.decode.SkipDecoding()},
-                                file_format=FILE_FORMAT)
+def condition_keys(builder, data: ml_collections.ConfigDict,
+                   features: tuple[str, ...]) -> dict[str, str]:
+  """{'segmentation' | 'caption': the dataset's feature path} for the stored conditions the job
+  needs (edges are computed); ValueError naming the config field when the dataset lacks one."""
+  keys = {}
+  for feature, setting in (("segmentation", "tfds_segmentation_key"),
+                           ("caption", "tfds_caption_key")):
+    if feature not in features:
+      continue
+    path = data[setting]
+    node = builder.info.features
+    try:
+      for part in path.split("/"):
+        node = node[part]
+    except (KeyError, TypeError):
+      raise ValueError(f"TFDS dataset {data.tfds_name!r} has no feature {path!r} for its "
+                       f"{feature} condition; set --config.data.{setting} to one of "
+                       f"{sorted(builder.info.features)} (paths into nested features with "
+                       "'/').") from None
+    keys[feature] = path
+  if "sketch" in features:
+    raise ValueError("config.data.source='tfds' does not read drawings; use "
+                     "config.data.source='folder' with config.data.sketch_folder.")
+  return keys
+
+
+def feature_value(example, path: str):
+  """The value at a '/'-separated feature path of a decoded example; the first element of a
+  sequence (e.g. the first of several captions)."""
+  for part in path.split("/"):
+    example = example[part]
+  if isinstance(example, (list, tuple)) or (hasattr(example, "ndim") and example.ndim > 0 and
+                                             not isinstance(example, (bytes, str))):
+    example = example[0]
+  return example.encode("utf-8") if isinstance(example, str) else example
+
+
+def random_access(builder, split, condition_keys: dict[str, str] | None = None):
+  """The split (or `split_for_jax_process` shard) as a sequence of examples, images (and label
+  maps among the `condition_keys`) encoded."""
+  decoders = {IMAGE_KEY: tfds.decode.SkipDecoding()}
+  if condition_keys and "segmentation" in condition_keys:
+    decoders[condition_keys["segmentation"]] = tfds.decode.SkipDecoding()
+  return builder.as_data_source(split=split, decoders=decoders, file_format=FILE_FORMAT)
 
 
 def prepared_builder(data: ml_collections.ConfigDict, process_count: int = 1):

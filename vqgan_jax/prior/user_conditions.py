@@ -36,7 +36,7 @@ def read_label_map(path: str, num_classes: int) -> np.ndarray:
   if problem != condition_files.OK:
     detail = (f" (max id {ids.max()}, {num_classes} classes)"
               if problem == condition_files.UNKNOWN_ID else "")
-    raise ValueError(f"The segmentation map {path} {condition_files.PROBLEMS[problem]}{detail}.")
+    raise ValueError(f"The segmentation map {path}: {condition_files.PROBLEMS[problem]}{detail}.")
   return ids[:, :, 0]
 
 
