@@ -177,7 +177,7 @@ def test_map_conditioned_prior_trains_and_samples(kind, random_tokenizer, condit
   assert model.cond_len == 64 and model.cond_vocab_size == 64  # Grid-aligned 8x8 codes.
   result = sample.sample_images(config, str(workdir))  # Conditions of eval examples 0, 1, 2.
   picture = PIL.Image.open(workdir / "samples" / "conditions.png")
-  assert picture.size == (2 * 16, 2 * 3 * 16)  # Condition | sample | original, 2 per row.
+  assert picture.size == (3 * 16, 3 * 16)  # Condition | sample | original rows of 3.
   if kind == "segmentation":
     assert 0.0 <= result["condition_miou"] <= 1.0
 

@@ -316,9 +316,11 @@ def sample_images(config: ml_collections.ConfigDict, workdir: str, step: int | N
     storage.save_png(storage.join(out_dir, "grid.png"),
                      image_utils.image_grid(_tile(preview, per_row)))
     # Each sample between its condition (above) and the eval image it came from (below).
-    groups = [_tile(np.stack(p), per_row) for p in (preview_conditions, preview_originals) if p]
+    # Rows of up to 8 (not the square grid), so one conditioning fits in one strip.
+    strip = min(8, len(preview))
+    groups = [_tile(np.stack(p), strip) for p in (preview_conditions, preview_originals) if p]
     if groups:
-      sample_rows = _tile(preview, per_row)
+      sample_rows = _tile(preview, strip)
       parts = [groups[0], sample_rows] + groups[1:] if preview_conditions else [sample_rows,
                                                                                  *groups]
       storage.save_png(storage.join(out_dir, "conditions.png"), image_utils.image_grid(

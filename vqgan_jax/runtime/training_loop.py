@@ -147,9 +147,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh, state, step_fn
         if jax.process_index() == 0:
           for name, picture in pictures.items():
             storage.save_png(storage.join(workdir, "images", f"{name}_{step:08d}.png"), picture)
-      if eval_fn is not None and config.eval_every_steps >= 0 and (
-          (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or last):
-        writer.write_scalars(step, eval_fn(state))
       stop = watcher.should_stop(step)
       if checkpointer.should_save(step) or last or stop:
         streak = int(jax.device_get(metrics["nonfinite_streak"]))
@@ -160,6 +157,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh, state, step_fn
                           "non-finite.", step, streak)
         else:
           checkpointer.save(step, state, position, force=last or stop)
+      # After the checkpoint: an eval that fails (a bad eval file, a crash) loses no steps.
+      if eval_fn is not None and config.eval_every_steps >= 0 and (
+          (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or last):
+        writer.write_scalars(step, eval_fn(state))
       if stop:
         logging.warning("Preempted: checkpoint for step %d written, exiting cleanly.", step)
         break
