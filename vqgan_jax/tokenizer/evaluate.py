@@ -40,12 +40,13 @@ class Evaluation:
                modality: str = "image"):
     self._mesh = mesh
     metric_names = tuple(metric_names)
+    num_classes = getattr(model, "out_ch", 0)  # Of a segmentation tokenizer's label maps.
     continuous = getattr(model, "quantizer_type", "vq") == "none"
     if continuous:  # No codes: no usage to count.
       metric_names = tuple(n for n in metric_names if n != "codebook")
     self.evaluators, self.unavailable = evaluators.make_evaluators(
         metric_names, codebook_size=model.codebook_size, reference_stats=reference_stats,
-        num_classes=model.out_ch)
+        num_classes=num_classes)
     for key, reason in self.unavailable.items():
       logging.warning("Metric %r is not computed: %s", key, reason)
     replicated = sharding.replicated(mesh)
@@ -53,7 +54,7 @@ class Evaluation:
         {name: e.constants for name, e in self.evaluators.items()}, replicated)
 
     def step(params, constants, batch):
-      images = model_input(batch, modality, model.in_channels)
+      images = model_input(batch, modality, num_classes)
       mask = batch["mask"].astype(jnp.float32)
       recon, qout = model.apply({"params": params}, images)
       recon = recon.astype(jnp.float32)
@@ -62,7 +63,7 @@ class Evaluation:
       return outputs, mask, recon
 
     self._step = jax.jit(step, out_shardings=(replicated, replicated, sharding.batch_sharding(mesh)))
-    self._inputs = jax.jit(lambda batch: model_input(batch, modality, model.in_channels))
+    self._inputs = jax.jit(lambda batch: model_input(batch, modality, num_classes))
 
   def run(self, params, batches: Iterable[dict[str, np.ndarray]],
           on_first_batch: Callable[[jax.Array, jax.Array], None] | None = None
