@@ -110,7 +110,7 @@ def get_config(variant: str = ""):
   elif variant in CONDITION_TOKENIZERS:
     config.num_train_steps = 600
     config.checkpoint_every_steps = 300
-    config.loss.update(dict(entropy_decay_steps=450, disc_start=10**9, disc_train_start=-1))
+    config.loss.update(dict(entropy_decay_steps=450, disc_factor=0.0))  # No GAN.
     config.model.codebook_size = 512
     if variant == "low_res":  # configs/tiny_prior.py's 32x32 crops shrunk 2 times.
       config.data.image_size = 16  # LPIPS-VGG needs 16x16 at least.

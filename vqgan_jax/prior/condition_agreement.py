@@ -25,11 +25,10 @@ def confusion(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np
 
 
 def miou(counts: np.ndarray) -> float:
-  """Mean IoU over the classes present in the labels or the predictions."""
-  true_positive = np.diag(counts).astype(np.float64)
-  union = counts.sum(0) + counts.sum(1) - true_positive
-  present = union > 0
-  return float(np.mean(true_positive[present] / union[present])) if present.any() else 0.0
+  """Mean IoU over the classes present in the labels or the predictions (the segmentation
+  tokenizer's eval metric)."""
+  from vqgan_jax.tokenizer import evaluators  # pylint: disable=g-import-not-at-top
+  return evaluators.segmentation_scores(counts)["miou"]
 
 
 def segment(images_uint8: np.ndarray, num_classes: int) -> np.ndarray:
