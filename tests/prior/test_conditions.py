@@ -167,12 +167,28 @@ def _write_condition(kind, path, size):
   return str(path)
 
 
+@pytest.fixture(scope="module")
+def map_priors(random_tokenizer, condition_tokenizers, tmp_path_factory):
+  """kind -> (config, workdir) of a map-conditioned prior trained for 2 steps, once per module;
+  tests copy the config before changing it."""
+  trained = {}
+
+  def get(kind):
+    if kind not in trained:
+      config = _map_config(kind, random_tokenizer, condition_tokenizers)
+      workdir = tmp_path_factory.mktemp(f"prior_{kind}") / "prior"
+      prior_train.train_and_evaluate(config, str(workdir))
+      trained[kind] = (config, workdir)
+    config, workdir = trained[kind]
+    return config.copy_and_resolve_references(), workdir
+
+  return get
+
+
 @pytest.mark.parametrize("kind", ["segmentation", "edges", "sketch"])
-def test_map_conditioned_prior_trains_and_samples(kind, random_tokenizer, condition_tokenizers,
-                                                  tmp_path):
-  config = _map_config(kind, random_tokenizer, condition_tokenizers)
-  workdir = tmp_path / "prior"
-  prior_train.train_and_evaluate(config, str(workdir))
+def test_map_conditioned_prior_trains_and_samples(kind, map_priors, tmp_path):
+  config, workdir = map_priors(kind)
+  assert (workdir / "images" / "samples_00000002.png").exists()
   model = prior_model.build_model(config, frozen_tokenizers.load_tokenizers(config), 0)
   assert model.cond_len == 64 and model.cond_vocab_size == 64  # Grid-aligned 8x8 codes.
   result = sample.sample_images(config, str(workdir))  # Conditions of eval examples 0, 1, 2.
@@ -226,15 +242,13 @@ def test_segmentation_step_sharded_equals_single_device(random_tokenizer, condit
      r"smaller than the training grid"),
     (lambda p: open(p, "wb").write(b"not a png"), "not a readable"),
 ])
-def test_bad_user_conditions_name_the_file(random_tokenizer, condition_tokenizers, tmp_path,
-                                           condition, message):
-  config = _map_config("segmentation", random_tokenizer, condition_tokenizers)
+def test_bad_user_conditions_name_the_file(map_priors, tmp_path, condition, message):
+  config, workdir = map_priors("segmentation")
   path = tmp_path / "condition.png"
   condition(path)
   config.sample.condition = str(path)
-  prior_train.train_and_evaluate(config, str(tmp_path / "prior"))
   with pytest.raises(ValueError, match=message):
-    sample.sample_images(config, str(tmp_path / "prior"))
+    sample.sample_images(config, str(workdir))
 
 
 def test_condition_agreement_miou():
