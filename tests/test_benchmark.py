@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import REPO
 
 KEYS = ("train_step_seconds", "train_images_per_second", "train_step_flops",
@@ -40,3 +42,25 @@ def test_benchmark_writes_every_field(tmp_path):
   assert results["train_step_flops"] > 1e6  # XLA's FLOP count of the step, not a timing.
   # LPIPS's im2col matmuls on its 1x1 and 2x2 maps also multiply the padding; the count doesn't.
   assert results["train_step_flops"] < results["train_step_flops_executed"]
+
+
+def test_scaling_table_times_taming_beside_each_size(tmp_path):
+  pytest.importorskip("torch")
+  pytest.importorskip("taming")
+  out = tmp_path / "scaling.json"
+  subprocess.run(
+      [sys.executable, "-m", "vqgan_jax.benchmark", "--config=configs/imagenet.py:shrink",
+       "--config.dtype=float32", "--scaling_sizes=16,32", "--scaling_batch=8", "--taming",
+       f"--out={out}", "--warmup=0", "--runs=1", "--matmul_size=256"],
+      cwd=REPO, check=True, timeout=600, capture_output=True)
+  results = json.loads(out.read_text())
+  rows = results["scaling"]
+  assert [(r["image_size"], r["batch_size"]) for r in rows] == [(16, 8), (32, 8)]
+  for r in rows:
+    for key in ("train_step_seconds", "train_step_flops", "fraction_of_peak",
+                "train_step_temp_bytes", "taming_step_seconds", "step_time_vs_taming"):
+      assert isinstance(r[key], (int, float)), key  # Measured, never asserted on.
+  # XLA's count of the same architecture: 4x the pixels is about 4x the FLOPs (a count, not a
+  # timing), and more scratch memory.
+  assert 3.0 < rows[1]["train_step_flops"] / rows[0]["train_step_flops"] < 5.0
+  assert rows[1]["train_step_temp_bytes"] > rows[0]["train_step_temp_bytes"]

@@ -65,6 +65,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer("input_images", 512, "Images decoded and augmented to time the input "
                        "pipeline (after as many untimed).")
   flags.DEFINE_integer("matmul_size", 4096, "N of the N x N x N peak-measuring matmul.")
+  flags.DEFINE_list("scaling_sizes", [], "Only the scaling table: the config's train step (GAN "
+                    "on) at each of these square image sizes, e.g. 32,64,128,256.")
+  flags.DEFINE_integer("scaling_batch", 2, "Global batch of the scaling table's steps.")
+  flags.DEFINE_bool("taming", False, "Scaling table: also time taming-transformers' own step "
+                    "(torch) at each size in the same process (needs torch and taming).")
   flags.mark_flags_as_required(["config"])
 
 
@@ -110,7 +115,28 @@ def peak_matmul(n: int, warmup: int, runs: int, mesh=None) -> float:
   return 2.0 * n ** 3 * devices / min(time_calls(lambda: matmul(a, b), warmup, runs))
 
 
-def bench_train_step(config, warmup: int, runs: int) -> dict[str, float]:
+def with_gan_on(config):
+  """`config` with the discriminator and the GAN loss on from step 0: the step taming computes
+  at every step (before its disc_start it multiplies the GAN terms by 0)."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.loss.disc_start = 0
+    config.loss.disc_train_start = -1
+  return config
+
+
+def at_image_size(config, size: int, batch_size: int):
+  """`config` at square `size` (attention placed as taming would at that size) and batch."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.image_size = size
+    config.model.resolution = size
+    config.batch_size = batch_size
+  return config
+
+
+def bench_train_step(config, warmup: int, runs: int, codec_rates: bool = True
+                     ) -> dict[str, float]:
   mesh = sharding.create_mesh()
   sharding.check_batch_divisible(config.batch_size, mesh)
   model, disc = train.build_models(config)
@@ -140,6 +166,14 @@ def bench_train_step(config, warmup: int, runs: int) -> dict[str, float]:
   flops = _flops(counted) * mesh.devices.size  # The step's FLOPs over all devices.
   memory = compiled.memory_analysis()
   temp_bytes = int(memory.temp_size_in_bytes) if memory is not None else None
+  results = {"train_step_seconds": seconds,
+             "train_images_per_second": config.batch_size / seconds,
+             "train_step_flops": flops,
+             "train_step_flops_executed": _flops(compiled) * mesh.devices.size,
+             "achieved_flops_per_second": flops / seconds,
+             "train_step_temp_bytes": temp_bytes}
+  if not codec_rates:
+    return results
 
   params = holder[0].params
   encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method="encode_to_indices"))
@@ -147,14 +181,49 @@ def bench_train_step(config, warmup: int, runs: int) -> dict[str, float]:
   decode = jax.jit(lambda p, c: model.apply({"params": p}, c, method="decode_indices"))
   encode_s = time_call(lambda: encode(params, batch["image"]), warmup, runs)
   decode_s = time_call(lambda: decode(params, codes), warmup, runs)
-  return {"train_step_seconds": seconds,
-          "train_images_per_second": config.batch_size / seconds,
-          "train_step_flops": flops,
-          "train_step_flops_executed": _flops(compiled) * mesh.devices.size,
-          "achieved_flops_per_second": flops / seconds,
-          "train_step_temp_bytes": temp_bytes,
-          "encode_images_per_second": config.batch_size / encode_s,
+  return {**results, "encode_images_per_second": config.batch_size / encode_s,
           "decode_images_per_second": config.batch_size / decode_s}
+
+
+def bench_scaling(config, sizes: list[int], batch_size: int, warmup: int, runs: int,
+                  taming: bool, peak: float) -> list[dict[str, Any]]:
+  """The train step with the GAN on at each square size, and taming's step beside it.
+
+  Each size compiles and times this project's step, then (with `taming`) builds taming's
+  modules and times its Lightning step on the same architecture and batch, in this process,
+  one after the other, so the ratio compares the two on the same machine state.
+  """
+  rows = []
+  for size in sizes:
+    sized = with_gan_on(at_image_size(config, size, batch_size))
+    row: dict[str, Any] = {"image_size": size, "batch_size": batch_size}
+    row.update(bench_train_step(sized, warmup, runs, codec_rates=False))
+    row["fraction_of_peak"] = row["achieved_flops_per_second"] / peak
+    if taming:
+      from vqgan_jax import taming_reference_step  # pylint: disable=import-outside-toplevel
+      row.update(taming_reference_step.time_taming_step(sized, (size, size), batch_size,
+                                                        warmup, runs))
+      row["step_time_vs_taming"] = row["train_step_seconds"] / row["taming_step_seconds"]
+      row["taming_fraction_of_peak"] = (row["train_step_flops"] / row["taming_step_seconds"]
+                                        / peak)
+    logging.info("scaling row: %s", row)
+    rows.append(row)
+  return rows
+
+
+def format_scaling(rows: list[dict[str, Any]]) -> str:
+  head = (f"{'size':>5} {'batch':>5} {'step s':>9} {'GFLOP':>9} {'of peak':>8} {'img/s':>8} "
+          f"{'temp GB':>8} {'taming s':>9} {'ratio':>6}")
+  lines = [head]
+  for r in rows:
+    taming_s = r.get("taming_step_seconds")
+    lines.append(
+        f"{r['image_size']:>5} {r['batch_size']:>5} {r['train_step_seconds']:>9.3f} "
+        f"{r['train_step_flops'] / 1e9:>9.1f} {r['fraction_of_peak']:>8.1%} "
+        f"{r['train_images_per_second']:>8.3f} {(r['train_step_temp_bytes'] or 0) / 1e9:>8.2f} "
+        + (f"{taming_s:>9.3f} {r['step_time_vs_taming']:>6.2f}" if taming_s else
+           f"{'-':>9} {'-':>6}"))
+  return "\n".join(lines)
 
 
 def bench_vq_lookup(embed_dim: int, sizes: list[int], tokens: int, warmup: int,
@@ -371,6 +440,18 @@ def main(argv):
     results = {"image_size": list(train.image_shape(FLAGS.config)),
                "input_images_per_second_per_core": bench_input(FLAGS.config, FLAGS.input_images)}
     print(json.dumps(results))
+    if FLAGS.out:
+      storage.write_json(FLAGS.out, results, indent=2)
+    return
+  if FLAGS.scaling_sizes:
+    peak = peak_matmul(FLAGS.matmul_size, FLAGS.warmup, FLAGS.runs)
+    results = {"device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+               "dtype": FLAGS.config.dtype, "peak_matmul_flops_per_second": peak,
+               "scaling": bench_scaling(FLAGS.config, [int(s) for s in FLAGS.scaling_sizes],
+                                        FLAGS.scaling_batch, FLAGS.warmup, FLAGS.runs,
+                                        FLAGS.taming, peak)}
+    print(f"peak {peak / 1e9:.1f} GFLOP/s on {results['device']}, {results['dtype']}")
+    print(format_scaling(results["scaling"]))
     if FLAGS.out:
       storage.write_json(FLAGS.out, results, indent=2)
     return
