@@ -24,6 +24,14 @@ usage, the only codebook above 95%, tied on LPIPS with FSQ and SimVQ, which lead
 while using 32% and 48% of their codes; SimVQ (`simvq=True`) is the candidate to try here next. For taming's exact quantizer (e.g. to fine-tune a
 converted release) override the fields of `TAMING` in configs/tiny.py.
 
+Memory (`python -m vqgan_jax.plan --config=configs/imagenet.py --devices=16|32`, README
+"Memory plan per device"): the state is 0.94 GiB per device, the activations about 2.2 GiB per
+image; by XLA:CPU's buffer assignment 16 images per device in bfloat16 need 35.8 GiB (remat of
+the res/attention blocks: 34.7 GiB, so remat stays off: it costs a recompute for 3%) and 8 per
+device 18.6 GiB. Batch 256 therefore wants 32 chips of 32 GiB (v4-64); on a v4-32 use
+`--config.batch_size=128`. The trainer checks the compiled step against the chip's own limit
+before its first call and names these options when it does not fit.
+
 Network and optimizer, following the tiny runs where the argument does not depend on scale
 (configs/tiny.py says why each helps; README "The tiny recipe" has the numbers):
 - `zero_init_residual`: every res/attention block starts as its shortcut, as ADM's ImageNet

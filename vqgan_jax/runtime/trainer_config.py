@@ -52,6 +52,9 @@ def base_trainer_config() -> ml_collections.ConfigDict:
   config.max_nonfinite_steps = 20
   # 'replicate' (data parallel) or 'fsdp' (large arrays sharded over the data axis).
   config.param_sharding = "replicate"
+  # Memory of one device in GiB, checked before the state is created and after the step
+  # compiles (`vqgan_jax.runtime.memory_plan`); 0: the device's own limit (GPU/TPU; CPU: none).
+  config.device_memory_gb = 0.0
   # Step at which to capture a profiler trace (-1: never).
   config.profile_first_step = -1
   # The input pipeline (`vqgan_jax.data.input_pipeline` documents each field).
@@ -67,11 +70,15 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
 
 
 def validate_trainer_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
-  """The checks of the shared loop: dtype, positive cadences, sharding, batch split, data."""
+  """The checks of the shared loop: dtype, positive cadences, memory, sharding, batch split,
+  data."""
   compute_dtype(config)
   for key in POSITIVE_FIELDS:
     if config[key] <= 0:
       raise ValueError(f"config.{key}={config[key]} must be positive.")
+  if config.get("device_memory_gb", 0) < 0:
+    raise ValueError(f"config.device_memory_gb={config.device_memory_gb} must be >= 0 (0: the "
+                     "device's own limit).")
   if config.param_sharding not in sharding.PARAM_SHARDING_STRATEGIES:
     raise ValueError(f"config.param_sharding={config.param_sharding!r}; use one of "
                      f"{sharding.PARAM_SHARDING_STRATEGIES}.")

@@ -18,7 +18,8 @@ from clu import periodic_actions
 from jax.sharding import Mesh
 
 from vqgan_jax.data import input_pipeline
-from vqgan_jax.runtime import checkpoints, metric_writer, nonfinite, preemption, sharding, storage
+from vqgan_jax.runtime import checkpoints, memory_plan, metric_writer, nonfinite, preemption
+from vqgan_jax.runtime import sharding, storage
 
 
 def create_or_restore(init_fn: Callable[[jax.Array], Any], config: ml_collections.ConfigDict,
@@ -27,13 +28,16 @@ def create_or_restore(init_fn: Callable[[jax.Array], Any], config: ml_collection
   """(checkpointer, state, state_shardings, data position): the latest checkpoint of WORKDIR,
   else `init_from(state, abstract_state)` (fine-tuning), else a fresh state, created sharded.
 
-  A resume restores straight into the sharded target: no fresh state is built beside it.
+  A resume restores straight into the sharded target: no fresh state is built beside it. A
+  state that cannot fit one device (`memory_plan.check_state_fits`) is an error before either.
   """
-  checkpointer = checkpoints.Checkpointer(
-      workdir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints)
   rng = jax.random.PRNGKey(config.seed)
   abstract_state, shardings = sharding.abstract_sharded_state(init_fn, rng, mesh,
                                                               config.param_sharding)
+  memory_plan.check_state_fits(abstract_state, mesh, config.param_sharding,
+                               memory_plan.device_memory_limit(config))
+  checkpointer = checkpoints.Checkpointer(
+      workdir, every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints)
   if checkpointer.latest_step() is not None:
     logging.info("Resuming from %s, step %d.", workdir, checkpointer.latest_step())
     state, position = checkpointer.restore(abstract_state)

@@ -32,10 +32,14 @@ from vqgan_jax.models.lpips import LPIPS, load_lpips_params
 from vqgan_jax.models.quantizer import STATE as CODEBOOK_STATE
 from vqgan_jax.models.quantizer import apply_codebook_overrides
 from vqgan_jax.runtime import checkpoints, host_data, images as image_utils, nonfinite
-from vqgan_jax.runtime import optimizers, sharding, trainer_config, training_loop
+from vqgan_jax.runtime import memory_plan, optimizers, sharding, trainer_config, training_loop
 from vqgan_jax.tokenizer import finetune, losses
 from vqgan_jax.tokenizer.config import validate_tokenizer_config
 from vqgan_jax.tokenizer.modality import gather_pictures, model_input
+
+# What lowers the step's memory besides the batch, dtype and sharding (`python -m
+# vqgan_jax.plan` measures each option).
+REMAT_ADVICE = "--config.model.remat=True (recompute the res/attention blocks' activations)"
 
 
 @flax.struct.dataclass
@@ -366,8 +370,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   lpips_params = {}
   if config.loss.perceptual_weight != 0:
     lpips_params = jax.device_put(load_lpips_params(), sharding.replicated(mesh))
-  jitted_step = jit_train_step(config, model, disc, tx, disc_tx, lr_schedule, state_shardings,
-                               mesh)
+  # Compiled before its first call and checked against the device's memory.
+  checked_step = memory_plan.MemoryCheckedStep(
+      jit_train_step(config, model, disc, tx, disc_tx, lr_schedule, state_shardings, mesh),
+      (lpips_params,), config=config, mesh=mesh, limit=memory_plan.device_memory_limit(config),
+      advice=() if config.model.remat else (REMAT_ADVICE,))
 
   eval_batch = next(iter(host_data.eval_batches(config)))
   grid_rows = max(1, 8 // jax.process_count())
@@ -382,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   return training_loop.run(
       config, workdir, mesh=mesh, state=state,
-      step_fn=lambda state, batch: jitted_step(state, batch, lpips_params),
+      step_fn=checked_step,
       train_iter=host_data.train_iterator(config, position),
       checkpointer=checkpointer,
       images_fn=lambda state, step: {"reconstructions": reconstructor.grid(state.params)},
