@@ -64,3 +64,16 @@ def test_scaling_table_times_taming_beside_each_size(tmp_path):
   # timing), and more scratch memory.
   assert 3.0 < rows[1]["train_step_flops"] / rows[0]["train_step_flops"] < 5.0
   assert rows[1]["train_step_temp_bytes"] > rows[0]["train_step_temp_bytes"]
+
+
+def test_profile_attributes_the_step_to_its_parts(tmp_path):
+  out = tmp_path / "profile.json"
+  subprocess.run(
+      [sys.executable, "-m", "vqgan_jax.benchmark", "--config=configs/tiny.py:test",
+       "--profile=1", f"--out={out}"],
+      cwd=REPO, check=True, timeout=600, capture_output=True)
+  rows = json.loads(out.read_text())["profile"]["16"]
+  parts = {r["part"] for r in rows if "instruction" not in r}
+  # The GAN is on: every model part of the step shows up under its own name.
+  assert {"encoder", "decoder", "lpips", "discriminator"} <= parts, parts
+  assert abs(sum(r["share"] for r in rows if "instruction" not in r) - 1.0) < 1e-6

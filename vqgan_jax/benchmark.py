@@ -38,9 +38,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vqgan_jax.models.autoencoder import downsampling_factor
-from vqgan_jax.models.lpips import load_lpips_params, plain_convs
+from vqgan_jax.models.conv_paths import plain_convs
+from vqgan_jax.models.lpips import load_lpips_params
 from vqgan_jax.models.quantizer import VectorQuantizer
-from vqgan_jax.runtime import sharding, storage
+from vqgan_jax.runtime import op_profile, sharding, storage
 from vqgan_jax.tokenizer import train
 
 FLAGS = flags.FLAGS
@@ -70,6 +71,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer("scaling_batch", 2, "Global batch of the scaling table's steps.")
   flags.DEFINE_bool("taming", False, "Scaling table: also time taming-transformers' own step "
                     "(torch) at each size in the same process (needs torch and taming).")
+  flags.DEFINE_integer("profile", 0, "Only the op profile: CPU time of the config's train step "
+                       "(GAN on) by part, pass and op kind over this many profiled steps, at "
+                       "the config's size or each --scaling_sizes (runtime/op_profile.py).")
   flags.mark_flags_as_required(["config"])
 
 
@@ -135,8 +139,9 @@ def at_image_size(config, size: int, batch_size: int):
   return config
 
 
-def bench_train_step(config, warmup: int, runs: int, codec_rates: bool = True
-                     ) -> dict[str, float]:
+def _train_step_setup(config):
+  """(compiled step, state, batch, LPIPS params, model, schedule pieces) as training builds
+  them: the state created sharded, the batch split over all devices."""
   mesh = sharding.create_mesh()
   sharding.check_batch_divisible(config.batch_size, mesh)
   model, disc = train.build_models(config)
@@ -150,12 +155,35 @@ def bench_train_step(config, warmup: int, runs: int, codec_rates: bool = True
   images = np.random.default_rng(0).uniform(-1, 1, (config.batch_size, h, w, 3)).astype(np.float32)
   batch = sharding.global_batch({"image": images}, mesh)
   lpips_params = jax.device_put(load_lpips_params(), sharding.replicated(mesh))
-  step = train.jit_train_step(config, model, disc, tx, disc_tx, schedule, shardings, mesh)
+  step = functools.partial(train.jit_train_step, config, model, disc, tx, disc_tx, schedule,
+                           shardings, mesh)
   with jax.set_mesh(mesh):  # Traced as the training loop traces it.
-    compiled = step.lower(state, batch, lpips_params).compile()
-    with plain_convs():  # A new jit, so it traces again: LPIPS's small maps as lax.conv.
-      counted = train.jit_train_step(config, model, disc, tx, disc_tx, schedule, shardings,
-                                     mesh).lower(state, batch, lpips_params).compile()
+    compiled = step().lower(state, batch, lpips_params).compile()
+  return compiled, state, batch, lpips_params, model, step, mesh
+
+
+def profile_train_step(config, steps: int) -> list[dict[str, Any]]:
+  """The train step's CPU time by part, pass and op kind (`runtime.op_profile`), over `steps`
+  profiled calls after one warm-up call."""
+  compiled, state, batch, lpips_params, *_ = _train_step_setup(config)
+  holder = [compiled(state, batch, lpips_params)[0]]
+
+  def args():  # The state is donated: each call gets the previous call's output.
+    return holder[0], batch, lpips_params
+
+  def call(*a):
+    holder[0], metrics = compiled(*a)
+    return metrics
+
+  return op_profile.profile_step(call, args, steps=steps, hlo_text=compiled.as_text())
+
+
+def bench_train_step(config, warmup: int, runs: int, codec_rates: bool = True
+                     ) -> dict[str, float]:
+  compiled, state, batch, lpips_params, model, step, mesh = _train_step_setup(config)
+  with jax.set_mesh(mesh):
+    with plain_convs():  # A new jit, so it traces again: im2col convs as lax.conv.
+      counted = step().lower(state, batch, lpips_params).compile()
   holder = [state]
 
   def one_step():
@@ -440,6 +468,21 @@ def main(argv):
     results = {"image_size": list(train.image_shape(FLAGS.config)),
                "input_images_per_second_per_core": bench_input(FLAGS.config, FLAGS.input_images)}
     print(json.dumps(results))
+    if FLAGS.out:
+      storage.write_json(FLAGS.out, results, indent=2)
+    return
+  if FLAGS.profile:
+    sizes = [int(size) for size in FLAGS.scaling_sizes] or [None]
+    results = {"profile": {}}
+    for size in sizes:
+      config = with_gan_on(FLAGS.config if size is None else at_image_size(
+          FLAGS.config, size, FLAGS.scaling_batch))
+      rows = profile_train_step(config, FLAGS.profile)
+      key = str(size or train.image_shape(config)[0])
+      results["profile"][key] = rows
+      print(f"{key} px, batch {config.batch_size}, {config.dtype}: CPU seconds per step "
+            f"{sum(r['seconds'] for r in rows if 'instruction' not in r):.3f}")
+      print(op_profile.format_profile(rows))
     if FLAGS.out:
       storage.write_json(FLAGS.out, results, indent=2)
     return

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqgan_jax.models import lpips
+from vqgan_jax.models import conv_paths, lpips
 
 # lpips==0.1.4 LPIPS(net='vgg') on two shifted 256x256 astronaut crops (see DESIGN.md).
 ASTRONAUT_REFERENCE = 0.344800
@@ -87,7 +87,7 @@ def test_plain_convs_give_the_same_distance_and_count_only_flops_inside_the_imag
   im2col = lowered().compile()
   with lpips.plain_convs():
     plain = lowered().compile()
-  assert lpips.IM2COL_MAX_SIZE == 4  # restored
+  assert conv_paths.prefers_im2col((2, 2, 2, 512))  # restored
   np.testing.assert_allclose(plain(params, x, y), im2col(params, x, y), rtol=1e-5, atol=1e-6)
   flops = lambda compiled: compiled.cost_analysis()["flops"]
   assert flops(plain) < flops(im2col)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqgan_jax.models import conv_paths
 from vqgan_jax.models.group_norm import GroupNorm
 from vqgan_jax.models.quantizer import QuantizerOutput, VectorQuantizer
 from vqgan_jax.models.scalar_quantizers import (FiniteScalarQuantizer, LookupFreeQuantizer,
@@ -47,7 +48,8 @@ def _conv(features: int, kernel: int, dtype: Any, name: str | None = None, *,
     padding = ((kernel // 2, kernel // 2),) * 2
   kernel_init = nn.initializers.zeros if zero_init else _torch_kernel_init
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                 dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
+                 dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init, name=name,
+                 conv_general_dilated=conv_paths.conv_general_dilated)
 
 
 def _group_norm(dtype: Any, groups: int, name: str | None = None) -> GroupNorm:

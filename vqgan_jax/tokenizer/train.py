@@ -251,29 +251,35 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], lpips_params: Any
   d_loss = d_factor * (d_loss_real + d_loss_fake)
   d_grads = jax.tree.map(lambda a, b: d_factor * (a + b), d_grad_real, d_grad_fake)
 
-  # Updates, then the non-finite guard: a bad step leaves every parameter as it was.
-  g_updates, opt_state = tx.update(g_grads, state.opt_state, state.params)
-  params = apply_codebook_overrides(optax.apply_updates(state.params, g_updates), codebook_state)
-  d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
-  disc_params = optax.apply_updates(state.disc_params, d_updates)
-  train_disc = d_factor > 0  # Before its start the discriminator (and its Adam) stays put.
-  disc_params = _select(train_disc, disc_params, state.disc_params)
-  disc_opt_state = _select(train_disc, disc_opt_state, state.disc_opt_state)
+  # Updates, then the non-finite guard: a bad step leaves every parameter as it was. (The
+  # named scopes label these ops in profiles: `vqgan_jax.runtime.op_profile`.)
+  with jax.named_scope("optimizer"):
+    g_updates, opt_state = tx.update(g_grads, state.opt_state, state.params)
+    params = apply_codebook_overrides(optax.apply_updates(state.params, g_updates),
+                                      codebook_state)
+    d_updates, disc_opt_state = disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
+    disc_params = optax.apply_updates(state.disc_params, d_updates)
+    train_disc = d_factor > 0  # Before its start the discriminator (and its Adam) stays put.
+    disc_params = _select(train_disc, disc_params, state.disc_params)
+    disc_opt_state = _select(train_disc, disc_opt_state, state.disc_opt_state)
   gan_anchors = state.gan_anchors
   if lc.lecam_weight > 0:
     gan_anchors = jnp.where(train_disc, losses.updated_anchors(
         gan_anchors, logits_real, logits_fake, lc.lecam_decay), gan_anchors)
 
-  g_grad_norm, d_grad_norm = _global_norm(g_grads), _global_norm(d_grads)
-  finite = jnp.isfinite(g_total) & jnp.isfinite(d_loss) & jnp.isfinite(g_grad_norm) & (
-      jnp.isfinite(d_grad_norm))
+  with jax.named_scope("nonfinite_guard"):
+    g_grad_norm, d_grad_norm = _global_norm(g_grads), _global_norm(d_grads)
+    finite = jnp.isfinite(g_total) & jnp.isfinite(d_loss) & jnp.isfinite(g_grad_norm) & (
+        jnp.isfinite(d_grad_norm))
   ema_params = state.ema_params
   if config.ema_decay > 0:
-    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - config.ema_decay)
-  new_state = nonfinite.guarded_update(
-      state, finite, params=params, opt_state=opt_state, disc_params=disc_params,
-      disc_opt_state=disc_opt_state, disc_batch_stats=stats_fake, codebook_state=codebook_state,
-      ema_params=ema_params, gan_anchors=gan_anchors)
+    with jax.named_scope("optimizer"):
+      ema_params = optax.incremental_update(params, state.ema_params, 1.0 - config.ema_decay)
+  with jax.named_scope("nonfinite_guard"):
+    new_state = nonfinite.guarded_update(
+        state, finite, params=params, opt_state=opt_state, disc_params=disc_params,
+        disc_opt_state=disc_opt_state, disc_batch_stats=stats_fake,
+        codebook_state=codebook_state, ema_params=ema_params, gan_anchors=gan_anchors)
 
   metrics = {
       "loss/total": g_total,
