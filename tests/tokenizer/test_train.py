@@ -90,7 +90,7 @@ CODEBOOK_OPTIONS = {
                             codebook_size=256,
                             entropy_temperature=0.1), dict(entropy_weight=0.1)),
     "taming": (dict(l2_normalize=False, codebook_dim=0, codebook_init="uniform",
-                    restart_unused_steps=0), {}),
+                    restart_unused_steps=0, entropy_temperature=0.0), dict(entropy_weight=0.0)),
     "fsq": (dict(quantizer_type="fsq", fsq_levels=(4, 4, 4), codebook_dim=0,
                  codebook_init="uniform", restart_unused_steps=0), {}),
     "lfq": (dict(quantizer_type="lfq", codebook_dim=0, codebook_init="uniform",
@@ -103,7 +103,7 @@ CODEBOOK_OPTIONS = {
 }
 
 
-# The tiny default's quantizer options (cosine 8-d codes, k-means++, restarts, entropy) are all
+# The tiny default's quantizer options (cosine 4-d codes, k-means++, restarts, entropy) are all
 # in vq_all_options (which adds EMA codes) on the same network, and its codebook-loss path is
 # the taming case's, so it has no case of its own (each case compiles two train steps, ~50 s).
 @pytest.mark.parametrize("option", sorted(CODEBOOK_OPTIONS))
@@ -129,7 +129,11 @@ def test_sharded_step_equals_single_device(config, option):
   for key in ("loss/total", "loss/discriminator", "gan/adaptive_weight",
               "grad_norm/generator", "grad_norm/discriminator", "codebook/perplexity",
               "codebook/window_usage", "codebook/restarts", "loss/entropy"):
-    np.testing.assert_allclose(m8[key], m1[key], rtol=1e-4, atol=1e-6)
+    # Gradient norms (and the adaptive weight, a ratio of two) are computed from parameters
+    # that may differ by 2 * lr_sum (above): they inherit ~1e-3 of that noise. A sharding bug
+    # (per-device statistics) moves them by far more.
+    rtol = 2e-3 if key.startswith("grad_norm/") or key == "gan/adaptive_weight" else 1e-4
+    np.testing.assert_allclose(m8[key], m1[key], rtol=rtol, atol=1e-6, err_msg=key)
   # The codebook state holds encoder outputs of those parameters (the k-means++ buffer), so
   # it inherits their tolerance.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2 * lr_sum),
