@@ -62,10 +62,14 @@ def im2col(x: jax.Array) -> jax.Array:
                          axis=-1)
 
 
+def _im2col_conv3x3(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
+  return jnp.matmul(im2col(x), kernel.reshape(-1, kernel.shape[-1]), precision=precision)
+
+
 def same_conv3x3(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
   """3x3 stride-1 'same' conv, NHWC x HWIO, by the faster path for its shape."""
   if prefers_im2col(x.shape):
-    return jnp.matmul(im2col(x), kernel.reshape(-1, kernel.shape[-1]), precision=precision)
+    return _im2col_conv3x3(x, kernel, precision)
   return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                       precision=precision)
@@ -91,7 +95,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if (not kwargs and not isinstance(padding, str) and _is_same_conv3x3(
       lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
       feature_group_count) and prefers_im2col(lhs.shape)):
-    return jnp.matmul(im2col(lhs), rhs.reshape(-1, rhs.shape[-1]), precision=precision)
+    return _im2col_conv3x3(lhs, rhs, precision)
   return jax.lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,

@@ -120,9 +120,10 @@ def backward_kernel(kernel: jax.Array) -> jax.Array:
 def _same_conv3x3_each(xs: tuple[jax.Array, ...], kernel: jax.Array) -> tuple[jax.Array, ...]:
   """`conv_paths.same_conv3x3` of each batch in `xs`; im2col convs share one matmul.
 
-  Where the conv is an im2col matmul (small maps on the CPU), it has only B*H*W rows, so it is bound by reading the
-  4608 x 512 kernel: one matmul over both LPIPS inputs reads it once instead of twice (LPIPS
-  value-and-grad at 8x32x32: 95.8 -> 87.3 ms; the tiny train step -3.3%).
+  Where the conv is an im2col matmul (small maps on the CPU), it has only B*H*W rows, so it is
+  bound by reading the 4608 x 512 kernel: one matmul over both LPIPS inputs reads it once
+  instead of twice (LPIPS value-and-grad at 8x32x32: 95.8 -> 87.3 ms; the tiny train step
+  -3.3%).
   """
   if not conv_paths.prefers_im2col(xs[0].shape):
     return tuple(conv_paths.same_conv3x3(x, kernel) for x in xs)
@@ -132,10 +133,10 @@ def _same_conv3x3_each(xs: tuple[jax.Array, ...], kernel: jax.Array) -> tuple[ja
 @jax.custom_vjp
 def frozen_conv3x3(xs: tuple[jax.Array, ...], kernel: jax.Array,
                    kernel_backward: jax.Array) -> tuple[jax.Array, ...]:
-  """`conv_paths.same_conv3x3(x, kernel)` of each same-shape batch x in `xs`, whose input gradient
-  convolves with `kernel_backward` (= `backward_kernel(kernel)`, computed once at load) instead
-  of flipping and transposing the frozen kernel inside every training step (autodiff re-derives
-  it each step: 59 MB of VGG weights, ~3% of the tiny CPU train step's time).
+  """`conv_paths.same_conv3x3(x, kernel)` of each same-shape batch x in `xs`, whose input
+  gradient convolves with `kernel_backward` (= `backward_kernel(kernel)`, computed once at
+  load) instead of flipping and transposing the frozen kernel inside every training step
+  (autodiff re-derives it each step: 59 MB of VGG weights, ~3% of the tiny CPU train step).
 
   The forward pass of small maps runs all batches as one matmul (`_same_conv3x3_each`); the
   backward pass is per batch, so XLA drops the gradient of an input nobody differentiates.
