@@ -36,6 +36,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vqgan_jax.models.conv_paths import plain_convs
 from vqgan_jax.models.lpips import load_lpips_params
 from vqgan_jax.runtime import memory_plan, sharding, storage
 from vqgan_jax.tokenizer import train
@@ -157,7 +158,9 @@ def plan_variant(config: ml_collections.ConfigDict, mesh, *, compile_step: bool 
   if compile_step:
     step = train.jit_train_step(config, model, disc, tx, disc_tx, schedule,
                                 args.state_shardings, mesh)
-    with jax.set_mesh(mesh):  # Traced as the training loop traces it.
+    # Traced as the training loop traces it, but with the accelerators' convs: the CPU-only
+    # conv paths (`models/conv_paths.py`) would plan a program no TPU or GPU runs.
+    with jax.set_mesh(mesh), plain_convs():
       compiled = step.lower(args.state, args.batch, args.lpips_params).compile()
     memory = memory_plan.CompiledMemory.of(compiled)
     plan["xla"] = memory.to_dict()

@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vqgan_jax import plan
+from vqgan_jax.models import conv_paths
 from vqgan_jax.runtime import memory_plan, sharding
 from configs import tiny
 
@@ -70,11 +71,18 @@ def test_device_memory_limit_from_config():
   assert memory_plan.device_memory_limit(_config(device_memory_gb=0.0)) is None
 
 
-def test_plan_of_tiny_config_on_eight_devices(mesh):
+def test_plan_of_tiny_config_on_eight_devices(mesh, monkeypatch):
   config = plan.variant_config(tiny.get_config("test"), remat=True, dtype="bfloat16",
                                batch_size=16)
   config.device_memory_gb = 64.0
+  # The plan is of the accelerators' program: the CPU-only conv paths are off while the step
+  # traces (the last convs traced; the state's shapes are traced before, with them on).
+  conv_paths_enabled = []
+  real_prefers_im2col = conv_paths.prefers_im2col
+  monkeypatch.setattr(conv_paths, "prefers_im2col", lambda shape: (
+      conv_paths_enabled.append(conv_paths._enabled), real_prefers_im2col(shape))[1])
   result = plan.plan_variant(config, mesh)
+  assert conv_paths_enabled and not conv_paths_enabled[-1]
   per = result["bytes_per_device"]
   assert result["per_device_batch"] == 2 and result["devices"] == 8
   h, w = plan.train.image_shape(config)

@@ -146,7 +146,7 @@ def upsample_conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
   phases = []
   for row, row_kernel in enumerate(_phase_taps(kernel, 0)):
     for col, phase_kernel in enumerate(_phase_taps(row_kernel, 1)):
-      phases.append(jax.lax.conv_general_dilated(
+      phases.append(conv_paths.conv_general_dilated(
           x, phase_kernel, (1, 1), ((1 - row, row), (1 - col, col)),
           dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
   y = jnp.stack(phases, axis=3).reshape(b, h, w, 2, 2, -1)
