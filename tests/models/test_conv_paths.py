@@ -21,6 +21,17 @@ def _path_conv(x, k, strides=(1, 1), padding=((1, 1), (1, 1))):
   return conv_paths.conv_general_dilated(x, k, strides, padding, dimension_numbers=dn)
 
 
+def _assert_same_values_and_gradients(conv, reference, x, k, value_rtol):
+  """sum(sin(conv(x, k))) and its gradients equal `reference`'s."""
+  loss = lambda conv: jax.jit(jax.value_and_grad(
+      lambda x, k: jnp.sum(jnp.sin(conv(x, k))), argnums=(0, 1)))
+  (want, want_grads), (got, got_grads) = loss(reference)(x, k), loss(conv)(x, k)
+  np.testing.assert_allclose(got, want, rtol=value_rtol)
+  for g, w in zip(got_grads, want_grads):
+    # Summation order differs (the kernel gradient sums B*H*W products): float32 rounding.
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+
+
 @pytest.mark.parametrize("shape, im2col", [((2, 2, 2, 64), True), ((2, 4, 4, 32), True),
                                            ((2, 8, 8, 256), True), ((1, 16, 16, 256), True),
                                            ((2, 8, 8, 64), False), ((1, 32, 32, 256), False)])
@@ -29,13 +40,7 @@ def test_choice_and_equal_values_and_gradients(shape, im2col):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
   k = jnp.asarray(rng.normal(size=(3, 3, shape[-1], 16)) * 0.05, jnp.float32)
-  loss = lambda conv: jax.jit(jax.value_and_grad(
-      lambda x, k: jnp.sum(jnp.sin(conv(x, k))), argnums=(0, 1)))
-  (want, want_grads), (got, got_grads) = loss(_lax_conv)(x, k), loss(_path_conv)(x, k)
-  np.testing.assert_allclose(got, want, rtol=1e-5)
-  for g, w in zip(got_grads, want_grads):
-    # Summation order differs (the kernel gradient sums B*H*W products): float32 rounding.
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+  _assert_same_values_and_gradients(_path_conv, _lax_conv, x, k, value_rtol=1e-5)
   hlo = jax.jit(_path_conv).lower(x, k).as_text()
   assert ("convolution" not in hlo) == im2col
 
@@ -69,12 +74,7 @@ def test_wide_convs_take_tap_kernel_gradients_equal_to_lax(x_shape, k_shape, pad
   k = jnp.asarray(rng.normal(size=k_shape) * 0.02, jnp.float32)
   lax_conv = lambda x, k: _lax_conv(x, k, (1, 1), padding)
   path_conv = lambda x, k: _path_conv(x, k, (1, 1), padding)
-  loss = lambda conv: jax.jit(jax.value_and_grad(
-      lambda x, k: jnp.sum(jnp.sin(conv(x, k))), argnums=(0, 1)))
-  (want, want_grads), (got, got_grads) = loss(lax_conv)(x, k), loss(path_conv)(x, k)
-  np.testing.assert_allclose(got, want, rtol=1e-6)
-  for g, w in zip(got_grads, want_grads):
-    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(w))))
+  _assert_same_values_and_gradients(path_conv, lax_conv, x, k, value_rtol=1e-6)
   # lax differentiates into three convs (value, input and kernel gradient); the tap path's
   # kernel gradient is matmuls.
   assert (_grad_convolutions(lax_conv, x, k), _grad_convolutions(path_conv, x, k)) == (3, 2)
