@@ -10,6 +10,13 @@ import pytest  # pylint: disable=wrong-import-position
 from tests.helpers import load_config  # pylint: disable=wrong-import-position
 
 
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "multiprocess: launches several JAX processes that must not share the CPU with "
+      "another test (their coordination has timeouts); the README's test command runs these "
+      "after the others, which share both cores (`-n 2`).")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
   """Identical computations compiled by several tests are compiled once."""

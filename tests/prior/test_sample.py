@@ -97,6 +97,7 @@ def _wrote(output: str) -> tuple[list[int], bool]:
   return indices, bool(match.group(2))
 
 
+@pytest.mark.multiprocess
 def test_two_hosts_draw_the_samples_of_one_host(trained_prior):
   """2 processes x 4 devices == 1 process x 8 devices: the same PNG bytes, each host writing only
   its own samples, the grid, completion and JSON written once (by process 0)."""

@@ -154,6 +154,7 @@ def test_tokenize_errors_say_what_to_change(tokenized):
   code_images.validate_augmentations(("crop2", "none"))
 
 
+@pytest.mark.multiprocess
 def test_two_hosts_write_disjoint_shards_covering_every_image(tokenized, tmp_path):
   """2 processes x 4 CPU devices: each host writes its own shards; together they hold every
   train photo once, with the codes one process with 8 devices wrote."""

@@ -9,6 +9,7 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 
 from tests.helpers import launch_main, load_config
 from vqgan_jax.data import input_pipeline
@@ -16,6 +17,8 @@ from vqgan_jax.prior import frozen_tokenizers, model as prior_model, train as pr
 from vqgan_jax.runtime import checkpoints, sharding
 from vqgan_jax.tokenizer import train
 from vqgan_jax.models.lpips import load_lpips_params
+
+pytestmark = pytest.mark.multiprocess
 
 PROCESSES = 2
 

@@ -12,6 +12,8 @@ import pytest
 from tests.helpers import launch_main
 from vqgan_jax.runtime import checkpoints, storage
 
+pytestmark = pytest.mark.multiprocess  # Also the one-process 16 and 32 devices: 900 s timeouts.
+
 CONFIG = "--config=configs/imagenet.py:shrink"
 EMBEDDED = ("--config.data.source=embedded", "--config.data.resize_size=0")
 WITHOUT_RFID = ("--config.eval_metrics=('reconstruction','codebook')",)
