@@ -326,6 +326,7 @@ def test_tfds_missing_dataset_says_what_to_do(tmp_path, tfds_dir):
     (dict(image_size=0), "must be a positive int"),
     (dict(source="folder"), "needs --config.data.folder"),
     (dict(source="folder", folder="/no/such/folder"), "is not a directory"),
+    (dict(source="folder", folder="gs://bucket/images"), "read local disk only"),
 ])
 def test_validate_data_config(data, message):
   with pytest.raises(ValueError, match=message):

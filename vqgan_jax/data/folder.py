@@ -77,6 +77,10 @@ def scan(root: str, train_split: str, eval_split: str, eval_fraction: float) -> 
   """The folder's train and eval files with labels; ValueError (saying what to fix) if unusable."""
   if not root:
     raise ValueError("config.data.source='folder' needs --config.data.folder=/path/to/images.")
+  if "://" in root:
+    raise ValueError(f"config.data.folder={root!r}: folder sources read local disk only; copy "
+                     "the images to the host, or use a TFDS source whose "
+                     "config.data.tfds_data_dir is in the bucket.")
   if not os.path.isdir(root):
     raise ValueError(f"config.data.folder={root!r} is not a directory; set "
                      "--config.data.folder to a folder of images.")
