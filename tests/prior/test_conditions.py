@@ -54,12 +54,22 @@ def test_text_prior_trains_evaluates_and_samples_from_a_prompt(text_config, tmp_
   assert len(result["captions"]) == 3 and all(c.endswith(" photo") for c in result["captions"])
 
 
-def test_caption_dropout_replaces_whole_rows_by_the_empty_caption():
-  tokens = jnp.arange(400 * 6).reshape(400, 6) % 256
-  dropped = np.asarray(conditions.drop_captions(tokens, 0.3, jax.random.PRNGKey(0)))
-  empty = (dropped == text.PAD).all(1)
-  np.testing.assert_array_equal(dropped[~empty], np.asarray(tokens)[~empty])
+@pytest.mark.parametrize("shape, null", [
+    ((400,), 8),  # Class labels: the null label.
+    ((400, 6), text.PAD),  # Captions: the empty caption.
+    ((400, 4, 4), 64),  # A map's grid of codes: all null code.
+])
+def test_condition_dropout_replaces_whole_rows_by_the_null_condition(shape, null):
+  cond = jnp.arange(np.prod(shape)).reshape(shape) % null
+  dropped = np.asarray(conditions.drop_conditions(cond, null, 0.3, jax.random.PRNGKey(0)))
+  rows = dropped.reshape(shape[0], -1)
+  empty = (rows == null).all(1)
+  np.testing.assert_array_equal(rows[~empty], np.asarray(cond).reshape(shape[0], -1)[~empty])
+  assert not (rows[~empty] == null).any()  # A row is dropped whole or not at all.
   assert 0.2 < empty.mean() < 0.4
+  np.testing.assert_array_equal(  # The caption helper is the same draw.
+      conditions.drop_captions(cond, 0.3, jax.random.PRNGKey(0)) if len(shape) == 2 else dropped,
+      dropped)
 
 
 def test_text_step_sharded_equals_single_device(text_config):
@@ -205,8 +215,11 @@ def test_map_conditioned_prior_trains_and_samples(kind, map_priors, tmp_path):
   assert PIL.Image.open(workdir / "samples" / "sample_00001.png").size == (32, 24)
 
 
-def test_segmentation_step_sharded_equals_single_device(random_tokenizer, condition_tokenizers):
+@pytest.mark.parametrize("condition_dropout", [0.0, 0.5])
+def test_segmentation_step_sharded_equals_single_device(random_tokenizer, condition_tokenizers,
+                                                        condition_dropout):
   config = _map_config("segmentation", random_tokenizer, condition_tokenizers)
+  config.condition_dropout = condition_dropout
   tokenizers = frozen_tokenizers.load_tokenizers(config)
   model = prior_model.build_model(config, tokenizers, 0)
   tx, schedule = prior_train.build_optimizer(config)
@@ -231,6 +244,39 @@ def test_segmentation_step_sharded_equals_single_device(random_tokenizer, condit
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                s8.params, s1.params)
+
+
+def test_condition_dropout_gives_a_map_prior_a_null_code_for_guidance(
+    random_tokenizer, condition_tokenizers, map_priors, tmp_path):
+  config = _map_config("edges", random_tokenizer, condition_tokenizers)
+  config.condition_dropout = 0.5
+  workdir = tmp_path / "prior"
+  prior_train.train_and_evaluate(config, str(workdir))
+  tokenizers = frozen_tokenizers.load_tokenizers(config)
+  model = prior_model.build_model(config, tokenizers, 0)
+  # The edge tokenizer's 64 codes, then the null code.
+  assert (model.cond_vocab_size, model.cond_null_token, model.has_null_condition) == (65, 64, True)
+  batch = next(iter(input_pipeline.create_eval_iterator(
+      config, local_batch_size=8, process_index=0, process_count=1)))
+  raw, _ = checkpoints.restore_raw_state(str(workdir), fields=("params",))
+  sums = jax.jit(functools.partial(prior_train.eval_sums, config=config, tokenizers=tokenizers,
+                                   model=model))(raw["params"], tokenizers.params, batch)
+  metrics = prior_train.eval_metrics(jax.device_get(sums), (8, 8), 16)
+  # The same prior scores the eval codes without the condition too.
+  assert metrics["eval/bits_per_token_null_condition"] > 0
+  assert metrics["eval/bits_per_token"] != metrics["eval/bits_per_token_null_condition"]
+
+  # Guided samples from a user's drawing larger than the training size (the sliding window).
+  config.sample.guidance_scale = 2.0
+  config.sample.condition = _write_condition("edges", tmp_path / "condition.png", (16, 24))
+  config.sample.num_samples = 2
+  result = sample.sample_images(config, str(workdir))
+  assert result["grid_shape"] == [8, 12]
+
+  without, without_workdir = map_priors("edges")  # condition_dropout = 0: no null code.
+  without.sample.guidance_scale = 2.0
+  with pytest.raises(ValueError, match="condition_dropout > 0"):
+    sample.sample_images(without, str(without_workdir))
 
 
 @pytest.mark.parametrize("condition, message", [

@@ -13,7 +13,10 @@
                 dropout (the empty, all-PAD caption) trains classifier-free guidance.
 The four tokenized conditions are a prefix of condition codes (taming's cond stage). Those of
 the same downsampling factor as the image tokenizer form a grid aligned with the image's codes,
-so sampling from a larger condition slides the window over both (taming's landscapes).
+so sampling from a larger condition slides the window over both (taming's landscapes). With
+`condition_dropout` > 0 they get a null code too (one more condition token, after the
+tokenizer's codes), so a map-conditioned prior is also an unconditional one and samples with
+classifier-free guidance like the labels and captions.
 """
 from __future__ import annotations
 
@@ -40,9 +43,18 @@ def is_tokenized(config: ml_collections.ConfigDict) -> bool:
   return kind(config) in TOKENIZED
 
 
+def dropout_rate(config: ml_collections.ConfigDict) -> float:
+  """Probability that a training example's condition is replaced by the null condition (the
+  null label, the empty caption, an all-null-code map): what trains classifier-free guidance."""
+  rates = {"class": config.label_dropout, "text": config.caption_dropout}
+  rates.update({k: config.condition_dropout for k in TOKENIZED})
+  return rates.get(kind(config), 0.0)
+
+
 def has_null(config: ml_collections.ConfigDict) -> bool:
-  """Whether the condition has a null value (classifier-free guidance): labels and captions."""
-  return kind(config) in ("class", "text")
+  """Whether the condition has a null value: labels and captions always, tokenized conditions
+  when `condition_dropout` > 0 trains their null code."""
+  return kind(config) in ("class", "text") or (is_tokenized(config) and dropout_rate(config) > 0)
 
 
 def cond_input(config: ml_collections.ConfigDict, batch: dict[str, jax.Array],
@@ -64,10 +76,17 @@ def caption_tokens(batch: dict[str, jax.Array]) -> jax.Array:
   return batch["caption"].astype(jnp.int32)
 
 
+def drop_conditions(cond: jax.Array, null: jax.Array | int, rate: float,
+                    rng: jax.Array) -> jax.Array:
+  """Each example's condition (row of `cond`: a label, a caption, a map's codes) replaced by
+  `null` with probability `rate`, the same draw for every token of the row."""
+  dropped = jax.random.bernoulli(rng, rate, cond.shape[:1])
+  return jnp.where(dropped.reshape((-1,) + (1,) * (cond.ndim - 1)), null, cond)
+
+
 def drop_captions(tokens: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
   """Each row replaced by the empty caption (all PAD) with probability `rate`."""
-  dropped = jax.random.bernoulli(rng, rate, tokens.shape[:1])
-  return jnp.where(dropped[:, None], text.PAD, tokens)
+  return drop_conditions(tokens, text.PAD, rate, rng)
 
 
 def pictures(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray]

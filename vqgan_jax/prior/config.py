@@ -31,6 +31,10 @@ def base_prior_config() -> ml_collections.ConfigDict:
   config.label_dropout = 0.1
   # 'text': probability of the empty caption in training (classifier-free guidance needs > 0).
   config.caption_dropout = 0.1
+  # Tokenized conditions ('low_res', 'segmentation', 'edges', 'sketch'): probability of the
+  # null code map in training. > 0 adds the null code (one more condition token id), which
+  # classifier-free guidance and the eval's bits without the condition need.
+  config.condition_dropout = 0.0
   # taming's token corruption: each input token is kept with probability pkeep, else replaced
   # by a random code (targets stay clean); 1.0: off.
   config.pkeep = 1.0
@@ -64,7 +68,7 @@ def base_prior_config() -> ml_collections.ConfigDict:
         temperature=1.0,  # 0: greedy.
         top_k=0,  # 0: off.
         top_p=1.0,  # 1.0: off.
-        guidance_scale=1.0,  # Classifier-free guidance ('class', 'text'): 1 cond., 0 uncond.
+        guidance_scale=1.0,  # Classifier-free guidance (a null condition): 1 cond., 0 uncond.
         classes=(),  # Labels to draw, cycled; empty: every class in turn.
         grid_shape=(),  # (H, W) tokens; empty: the training grid; larger: sliding window.
         completion=0,  # Eval images whose bottom half is resampled (0: off).
@@ -89,10 +93,9 @@ def validate_prior_config(config: ml_collections.ConfigDict, mesh: Mesh) -> None
     raise ValueError(f"config.conditioning={config.conditioning!r}; use one of {CONDITIONINGS}.")
   if not 0.0 < config.pkeep <= 1.0:
     raise ValueError(f"config.pkeep={config.pkeep} must be in (0, 1].")
-  if not 0.0 <= config.label_dropout < 1.0:
-    raise ValueError(f"config.label_dropout={config.label_dropout} must be in [0, 1).")
-  if not 0.0 <= config.caption_dropout < 1.0:
-    raise ValueError(f"config.caption_dropout={config.caption_dropout} must be in [0, 1).")
+  for field in ("label_dropout", "caption_dropout", "condition_dropout"):
+    if not 0.0 <= config[field] < 1.0:
+      raise ValueError(f"config.{field}={config[field]} must be in [0, 1).")
   if config.data.source == "codes" and kind(config) not in ("none", "class"):
     raise ValueError(f"config.data.source='codes' supports config.conditioning 'none' and "
                      f"'class' for now; train a {config.conditioning!r}-conditioned prior from "

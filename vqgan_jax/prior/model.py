@@ -45,9 +45,23 @@ def cond_length(config: ml_collections.ConfigDict, tokenizers: Tokenizers) -> in
 
 
 def cond_vocab_size(config: ml_collections.ConfigDict, tokenizers: Tokenizers) -> int:
+  """Condition token ids: the caption bytes, or the condition tokenizer's codes (plus the null
+  code when `condition_dropout` trains one)."""
   if conditions.kind(config) == "text":
     return text.VOCAB_SIZE
-  return tokenizers.cond_model.codebook_size if conditions.is_tokenized(config) else 0
+  if not conditions.is_tokenized(config):
+    return 0
+  return tokenizers.cond_model.codebook_size + int(conditions.has_null(config))
+
+
+def cond_null_token(config: ml_collections.ConfigDict, tokenizers: Tokenizers) -> int:
+  """The token whose all-`cond_len` row is the null condition (-1: none): the empty caption's
+  PAD, or the null code after a condition tokenizer's codes."""
+  if conditions.kind(config) == "text":
+    return text.PAD
+  if conditions.is_tokenized(config) and conditions.has_null(config):
+    return tokenizers.cond_model.codebook_size
+  return -1
 
 
 def build_model(config: ml_collections.ConfigDict, tokenizers: Tokenizers,
@@ -58,6 +72,6 @@ def build_model(config: ml_collections.ConfigDict, tokenizers: Tokenizers,
       num_classes=num_classes if config.conditioning == "class" else 0,
       cond_vocab_size=cond_vocab_size(config, tokenizers),
       cond_len=cond_length(config, tokenizers),
-      cond_null_token=text.PAD if conditions.kind(config) == "text" else -1,
+      cond_null_token=cond_null_token(config, tokenizers),
       dtype=trainer_config.compute_dtype(config),
       **config.model.to_dict())

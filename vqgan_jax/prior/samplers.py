@@ -156,7 +156,8 @@ def _decoding(model: Transformer, temperature: float, top_k: int, top_p: float,
   guided = guidance_scale != 1.0
   if guided and not model.has_null_condition:
     raise ValueError('Classifier-free guidance (guidance_scale != 1) needs a model with a null '
-                     'condition (class labels or captions).')
+                     'condition: class labels, captions, or a map condition trained with '
+                     'config.condition_dropout > 0.')
   top_k = int(top_k) if top_k < model.vocab_size else 0  # k = vocab keeps everything.
   decoding = _Decoding(greedy=temperature == 0, top_k=top_k, nucleus=top_p < 1.0, guided=guided)
   knobs = {name: jnp.asarray(value, jnp.float32) for name, value in

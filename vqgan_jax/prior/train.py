@@ -89,11 +89,9 @@ def prior_step(state: PriorState, batch: dict[str, jax.Array], tok_params: Any, 
     random_codes = jax.random.randint(drop_rng, targets.shape, 0, model.vocab_size)
     inputs = jnp.where(keep, targets, random_codes)
   cond = tokenizers.conditioning(config, tok_params, batch)
-  if config.conditioning == "class" and config.label_dropout > 0:
-    dropped = jax.random.bernoulli(label_rng, config.label_dropout, cond.shape)
-    cond = jnp.where(dropped, num_classes, cond)
-  if config.conditioning == "text" and config.caption_dropout > 0:
-    cond = conditions.drop_captions(cond, config.caption_dropout, label_rng)
+  if conditions.dropout_rate(config) > 0:  # The null label, empty caption or null-code map.
+    cond = conditions.drop_conditions(cond, model.null_condition(cond),
+                                      conditions.dropout_rate(config), label_rng)
 
   def loss_fn(params):
     nll, correct = token_loss(model, params, inputs, cond, train=True, rng=dropout_rng,
