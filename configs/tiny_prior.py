@@ -19,6 +19,7 @@ the embedded photos with conditions derived from their pixels:
   edges         the crop's edge map, by `configs/tiny.py:edges` (workdirs/tiny_edges);
   sketch        the crop's pseudo-drawing, by `configs/tiny.py:sketch` (workdirs/tiny_sketch);
   text          the crop's caption ("a bright orange crop of a cat photo"), 10% dropped.
+The maps are dropped for the null code 10% of the time too (`condition_dropout`).
 Then sample from your own condition, e.g.
     python -m vqgan_jax.main --config=configs/tiny_prior.py:segmentation \
         --workdir=workdirs/tiny_prior_segmentation --mode=sample --config.sample.condition=map.png
@@ -67,6 +68,7 @@ def get_config(variant: str = ""):
     config.sample.guidance_scale = 1.5 if variant == "text" else 1.0
     if variant not in ("none", "text"):
       config.cond_tokenizer_workdir = f"workdirs/tiny_{variant}"
+      config.condition_dropout = 0.1  # The null map: guidance, and bits without the map.
     config.data.num_segmentation_classes = NUM_SEGMENTATION_CLASSES
     config.data.caption_length = 48
   elif variant:
