@@ -1,13 +1,14 @@
 """Test setup: 8 simulated CPU devices so sharding is exercised on one machine."""
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from tests.helpers import FAST_COMPILE_XLA_FLAGS, load_config
+
+os.environ.setdefault("XLA_FLAGS",
+                      f"--xla_force_host_platform_device_count=8 {FAST_COMPILE_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # pylint: disable=wrong-import-position
-
-from tests.helpers import load_config  # pylint: disable=wrong-import-position
 
 
 def pytest_configure(config):
@@ -19,11 +20,24 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
-  """Identical computations compiled by several tests are compiled once."""
-  import jax
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  """Identical computations are compiled once per test run: one persistent cache shared by both
+  xdist workers and every `python -m vqgan_jax...` process a test launches (they inherit the
+  environment). A size limit turns on the cache's file lock, so a program one process is
+  writing is never read half-written by another."""
+  import jax  # pylint: disable=g-import-not-at-top
+  basetemp = tmp_path_factory.getbasetemp()
+  run_dir = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+  cache_dir = run_dir / "jax_cache"
+  cache_dir.mkdir(exist_ok=True)
+  settings = {"jax_compilation_cache_dir": str(cache_dir),
+              "jax_persistent_cache_min_compile_time_secs": 0.0,
+              "jax_persistent_cache_min_entry_size_bytes": 0,
+              "jax_compilation_cache_max_size": 8 << 30}
+  with pytest.MonkeyPatch.context() as patch:
+    for name, value in settings.items():
+      jax.config.update(name, value)
+      patch.setenv(name.upper(), str(value))
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -20,19 +20,21 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-# XLA:CPU backend optimisation level 0: compiles the big SPMD programs of the pod-shape and
-# multi-process launches ~40% faster (measured: the 32-device imagenet.py run, 140 -> 84 s).
-# Only for launches that compile far more than they compute: at level 0 the eval test's
-# Inception pass ran 1.6x slower. Users' runs keep XLA's defaults.
+# XLA:CPU backend optimisation level 0: the tests compile far more than they compute, and at
+# level 0 XLA compiles ~40% faster (measured: the 32-device imagenet.py run, 140 -> 84 s; the
+# tiny train step, 39 -> 19 s) while the big computations run slower (an Inception pass 1.6x).
+# conftest.py sets it for every test process and launch_main for the processes it starts,
+# unless a launch asks for XLA's defaults. Users' runs keep XLA's defaults.
 FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def launch_main(args: list[str], *, devices: int, processes: int = 1, cache_dir=None,
-                cwd=REPO, timeout: int = 900, fast_compile: bool = False) -> list[str]:
+                cwd=REPO, timeout: int = 900, fast_compile: bool = True) -> list[str]:
   """Runs `python -m vqgan_jax.main ARGS` as `processes` JAX processes (joined over gloo on
   127.0.0.1) with `devices` forced CPU devices each; returns their outputs, and fails the test
-  with the failing process's log. `cache_dir` shares compiled programs between launches;
-  `fast_compile` compiles with `FAST_COMPILE_XLA_FLAGS`."""
+  with the failing process's log. `cache_dir` shares compiled programs between launches
+  (the test run's shared cache when None); `fast_compile=False` compiles with XLA's defaults
+  instead of `FAST_COMPILE_XLA_FLAGS`."""
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top

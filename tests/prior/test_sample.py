@@ -80,8 +80,7 @@ def _launch_sample(workdir, tokenizer, *, devices: int, processes: int) -> list[
       "--config=configs/tiny_prior.py:test", f"--workdir={workdir}", "--mode=sample",
       f"--config.tokenizer_workdir={tokenizer}", "--config.sample.num_samples=11",
       "--config.sample.batch_size=3", "--config.sample.grid_images=6",
-      "--config.sample.completion=2"], devices=devices, processes=processes, timeout=600,
-      fast_compile=True)
+      "--config.sample.completion=2"], devices=devices, processes=processes, timeout=600)
 
 
 def _wrote(output: str) -> tuple[list[int], bool]:

@@ -28,7 +28,7 @@ def _launch(workdir, num_train_steps: int, config: str = "configs/tiny.py:test",
   """Runs the 2-process job to completion (each process with 4 CPU devices)."""
   launch_main([f"--config={config}", f"--workdir={workdir}",
                f"--config.num_train_steps={num_train_steps}", "--config.image_every_steps=-1",
-               *extra], devices=4, processes=PROCESSES, timeout=600, fast_compile=True)
+               *extra], devices=4, processes=PROCESSES, timeout=600)
 
 
 def _reference_params(config, num_steps: int):

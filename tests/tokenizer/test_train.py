@@ -112,6 +112,10 @@ def test_sharded_step_equals_single_device(config, option):
   config.model.update(CODEBOOK_OPTIONS[option][0])
   config.loss.update(CODEBOOK_OPTIONS[option][1])
   config.loss.disc_start = 1  # Exercise the GAN gradient and the adaptive weight too.
+  if option != "taming":
+    # LPIPS does not depend on the quantizer: the taming case checks it sharded, the others
+    # skip it (a third of each step's compile).
+    config.loss.perceptual_weight = 0.0
   state = _initial_state(config)
   batches = [_random_batch(config, seed) for seed in range(3)]
   mesh8 = sharding.create_mesh()
