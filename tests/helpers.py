@@ -28,13 +28,13 @@ def free_port() -> int:
 FAST_COMPILE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
-def launch_main(args: list[str], *, devices: int, processes: int = 1, cache_dir=None,
-                cwd=REPO, timeout: int = 900, fast_compile: bool = True) -> list[str]:
+def launch_main(args: list[str], *, devices: int, processes: int = 1, cwd=REPO,
+                timeout: int = 900, fast_compile: bool = True) -> list[str]:
   """Runs `python -m vqgan_jax.main ARGS` as `processes` JAX processes (joined over gloo on
   127.0.0.1) with `devices` forced CPU devices each; returns their outputs, and fails the test
-  with the failing process's log. `cache_dir` shares compiled programs between launches
-  (the test run's shared cache when None); `fast_compile=False` compiles with XLA's defaults
-  instead of `FAST_COMPILE_XLA_FLAGS`."""
+  with the failing process's log. Launches share the test run's compilation cache (conftest
+  puts it in the environment); `fast_compile=False` compiles with XLA's defaults instead of
+  `FAST_COMPILE_XLA_FLAGS`."""
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
@@ -43,10 +43,6 @@ def launch_main(args: list[str], *, devices: int, processes: int = 1, cache_dir=
   if fast_compile:
     xla_flags += " " + FAST_COMPILE_XLA_FLAGS
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
-  if cache_dir is not None:
-    env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   command = [sys.executable, "-m", "vqgan_jax.main", *args]
   if processes > 1:
     port = free_port()

@@ -12,8 +12,8 @@ from vqgan_jax.data import embedded
 
 
 def _compress(*args, devices: int = 1) -> subprocess.CompletedProcess:
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_XLA_FLAGS}"}
+  xla_flags = f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_XLA_FLAGS}"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags}
   return subprocess.run([sys.executable, "-m", "vqgan_jax.compress", *map(str, args)], cwd=REPO,
                         env=env, capture_output=True, text=True, timeout=600)
 
